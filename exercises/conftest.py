@@ -133,8 +133,10 @@ def source_of(item) -> str | None:
         return None
 
 
-@pytest.hookimpl(trylast=True)
+# Wraps pytest's own summary from outside, so the scoreboard is the last thing a learner sees.
+@pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_terminal_summary(terminalreporter, config):
+    yield
     results = config.stash.get(RESULTS, [])
     if not results:
         return

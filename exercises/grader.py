@@ -13,6 +13,7 @@ asks for a name, so an unfinished or broken file never stops the other tests fro
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import re
 import sys
 import textwrap
@@ -115,20 +116,38 @@ def describe_import_error(error: BaseException) -> str:
 
 
 def describe_not_implemented(error: NotImplementedError) -> str:
-    """Say where the learner's code still raises NotImplementedError."""
+    """Say where the learner's code still raises NotImplementedError, and for which step."""
     frame = None
     tb = error.__traceback__
     while tb is not None:
         if Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(impl_root):
             frame = tb
         tb = tb.tb_next
-    where = ""
+    where, owner = "", None
     if frame is not None:
         code = frame.tb_frame.f_code
         qualname = getattr(code, "co_qualname", code.co_name)
         where = f"`{qualname}` ({display(Path(code.co_filename))}:{frame.tb_lineno}) "
-    detail = f": {error}" if str(error) else ""
-    return f"{step_phrase()} is not implemented yet: {where}still raises NotImplementedError{detail}"
+        owner = todo_step(code)
+    detail = f": {error}" if str(error) and str(error) not in where else ""
+    unfinished = f"{where}still raises NotImplementedError{detail}"
+    if owner is not None and current_step is not None and owner != current_step:
+        # A later step's test ran into an earlier step's stub: point at the step to do first.
+        return f"step {current_step} needs step {owner} first, which is not implemented yet: {unfinished}"
+    return f"{step_phrase()} is not implemented yet: {unfinished}"
+
+
+TODO_STEP = re.compile(r"TODO\(step (\d+)\)")
+
+
+def todo_step(code) -> int | None:
+    """The step named by the `TODO(step N)` comment in a stub function, if it has one."""
+    try:
+        lines, _ = inspect.getsourcelines(code)
+    except (OSError, TypeError):
+        return None
+    found = TODO_STEP.search("".join(lines))
+    return int(found.group(1)) if found else None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -93,7 +93,7 @@ def test_grading_the_untouched_stubs_fails_every_test_with_a_learner_message(stu
     not_failed = [(t["name"], t["status"]) for t in stubs.tests() if t["status"] != "fail"]
     assert not_failed == [], f"on the stubs every graded test must fail, not: {not_failed}"
     for test in stubs.tests():
-        assert re.match(r"step \d+ (is not implemented yet|needs )", test["message"] or ""), (
+        assert re.match(r"step \d+ (is not implemented yet|needs step \d+ first|needs `)", test["message"] or ""), (
             f"{test['name']}: a learner should read which step is unfinished, not: {test['message']}"
         )
     assert "Traceback" not in stubs.output and "ImportError" not in stubs.output
@@ -130,3 +130,34 @@ def test_a_syntax_error_is_reported_per_test_without_a_collection_error(tmp_path
     for test in grading.tests(first.name):
         assert test["status"] == "fail"
         assert "cannot start" in test["message"] and "SyntaxError at line 1" in test["message"], test["message"]
+
+
+# Each mutation breaks one behaviour of a reference module; grading the mutated copy must fail
+# exactly the step that owns that behaviour and pass every other step of that exercise.
+MUTATIONS = [
+    pytest.param(
+        "02_weighted_routing", "weighted_router",
+        "if self._current[i] > self._current[best]:",
+        "if self._current[i] >= self._current[best]:",
+        3, id="round-robin-ties-go-to-the-later-item",
+    ),
+]
+
+
+@pytest.mark.parametrize("exercise, module, original, mutated, broken_step", MUTATIONS)
+def test_a_deliberately_broken_copy_fails_the_step_it_broke(
+    tmp_path, exercise, module, original, mutated, broken_step
+):
+    copy = tmp_path / "impl"
+    shutil.copytree(SOLUTIONS, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    source = (ROOT / "reference" / f"{module}.py").read_text()
+    assert source.count(original) == 1, f"the mutation no longer applies to reference/{module}.py"
+    (copy / exercise / f"{module}.py").write_text(source.replace(original, mutated))
+    grading = grade(tmp_path, copy)
+    by_step: dict[int, set[str]] = {}
+    for test in grading.tests(exercise):
+        by_step.setdefault(test["task_id"], set()).add(test["status"])
+    assert "fail" in by_step.pop(broken_step), f"step {broken_step} should fail on the broken copy"
+    assert all(statuses == {"pass"} for statuses in by_step.values()), by_step
+    board = grading.process.stdout.split("grades for", 1)[1]
+    assert f"next: step {broken_step}," in board

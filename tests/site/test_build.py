@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import re
 from html.parser import HTMLParser
-from pathlib import Path
 from urllib.parse import urlsplit
 
-from mkdocs.config import load_config
-
-from .conftest import ROOT, html_pages
+from .conftest import html_pages, nav_pages
 
 # Attributes through which a page makes the browser fetch something.
 FETCHING_ATTRIBUTES = {
@@ -73,22 +70,9 @@ def test_strict_build_passes(site_build):
 
 
 def test_every_nav_page_is_built(built_site):
-    config = load_config(str(ROOT / "mkdocs.yml"))
-
-    def pages(node):
-        if isinstance(node, str):
-            yield node
-        elif isinstance(node, list):
-            for item in node:
-                yield from pages(item)
-        elif isinstance(node, dict):
-            for value in node.values():
-                yield from pages(value)
-
-    missing = [
-        page for page in pages(config["nav"])
-        if not (built_site / Path(page).with_suffix("").as_posix().removesuffix("index") / "index.html").exists()
-    ]
+    pages = nav_pages()
+    assert "" in pages and len(pages) >= 8
+    missing = [page for page in pages if not (built_site / page / "index.html").exists()]
     assert missing == [], f"nav pages with no built HTML: {missing}"
 
 
