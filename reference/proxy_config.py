@@ -157,7 +157,7 @@ def parse_endpoint(where: str, value: Any) -> tuple[str, int]:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     elif ":" in host:
-        raise _fail(where, f"write an IPv6 address in brackets, as \"[::1]:8080\", got {_shown(value)}")
+        raise _fail(where, f"write an IPv6 address in brackets (\"[::1]:80\"), got {_shown(value)}")
     # isdigit() alone accepts "²" and other Unicode digits that int() then chokes on.
     if not colon or not host or not (port_text.isascii() and port_text.isdigit()):
         raise _fail(where, f"expected \"host:port\", got {_shown(value)}")
@@ -185,7 +185,7 @@ def _clusters(value: Any) -> Mapping[str, Mapping[str, tuple[str, ...]]]:
             if not isinstance(subset, str) or not subset:
                 raise _fail(where, "subset names must be non-empty strings")
             if not isinstance(endpoints, (list, tuple)) or not endpoints:
-                raise _fail(at, f"expected a non-empty list of \"host:port\", got {_shown(endpoints)}")
+                raise _fail(at, f"expected a non-empty list of endpoints, got {_shown(endpoints)}")
             for i, endpoint in enumerate(endpoints):
                 parse_endpoint(f"{at}[{i}]", endpoint)
             if len(set(endpoints)) != len(endpoints):
