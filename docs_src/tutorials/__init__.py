@@ -1,0 +1,1 @@
+"""The step files of the tutorials, one package per system."""

@@ -1,0 +1,1 @@
+"""Control-plane tutorial: a versioned config store over HTTP, in five steps."""

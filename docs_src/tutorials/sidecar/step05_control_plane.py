@@ -1,0 +1,159 @@
+"""Sidecar, step 5: take the config from the control plane, and drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from reference.breaker import CircuitBreaker, CircuitOpenError
+from reference.config_sync import ConfigStore, ConfigSync
+from reference.drain import DrainController, serve
+from reference.hop_by_hop import strip_hop_by_hop
+from reference.proxy_config import parse_proxy_config
+from reference.weighted_router import Destination, NoRouteError, RouteTable
+
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+
+
+class Router:
+    """A proxy config's route table, and per subset: a round-robin and a circuit breaker."""
+
+    def __init__(self, config: Mapping[str, Any] | None = None) -> None:
+        self.table: RouteTable | None = None  # None: no config yet, answer 503
+        self.endpoints: dict[Destination, Iterator[str]] = {}
+        self.breakers: dict[Destination, CircuitBreaker] = {}
+        if config is not None:
+            self.load(config)
+
+    def load(self, document: Mapping[str, Any]) -> None:
+        """Serve `document` from now on; raise ProxyConfigError and keep the old one if bad."""
+        config = parse_proxy_config(document)
+        table = RouteTable.from_dict(config.routes_spec(), config.subsets())
+        endpoints = {}
+        for host, subsets in config.clusters.items():
+            for subset, addresses in subsets.items():
+                endpoints[Destination(host, subset)] = itertools.cycle(addresses)
+            # A route that names no subset may use every endpoint of the cluster.
+            everything = [address for addresses in subsets.values() for address in addresses]
+            endpoints[Destination(host)] = itertools.cycle(everything)
+        self.endpoints = endpoints
+        settings = config.breaker
+        self.breakers = {
+            destination: CircuitBreaker(
+                failure_threshold=settings.failure_threshold,
+                recovery_timeout=settings.recovery_timeout_seconds,
+                half_open_max_calls=settings.half_open_max_calls,
+                success_threshold=settings.success_threshold,
+                name=str(destination),
+            )
+            for destination in self.endpoints
+        }
+        self.table = table
+
+
+ROUTER = web.AppKey("router", Router)
+
+
+async def client_session(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: one pooled ClientSession for the app's whole life."""
+    # auto_decompress=False: a proxy passes the bytes on as they came.
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        app[SESSION] = session
+        yield
+
+
+async def forward(request: web.Request) -> web.StreamResponse:
+    """Route the request by its Host and path, send it on and stream the answer back."""
+    router = request.app[ROUTER]
+    if router.table is None:
+        return web.Response(status=503, text="no config yet\n")
+    # Like Envoy's virtual hosts: the Host field, without its port, names the service.
+    if request.host.partition(":")[0].lower() not in router.table.hosts:
+        return web.Response(status=404, text=f"unknown host {request.host}\n")
+    try:
+        destination = router.table.route(request.path, request.headers)
+    except NoRouteError as error:
+        return web.Response(status=404, text=f"{error}\n")
+    breaker = router.breakers[destination]
+    try:
+        permit = breaker.acquire()
+    except CircuitOpenError as error:  # (1)!
+        retry_after = str(math.ceil(error.remaining))
+        return web.Response(status=503, text=f"{destination}: {error}\n",
+                            headers={"Retry-After": retry_after})
+    address = next(router.endpoints[destination])
+    url = URL(f"http://{address}{request.raw_path}", encoded=True)
+    try:
+        upstream = await request.app[SESSION].request(
+            request.method,
+            url,
+            # Connection, Keep-Alive, Transfer-Encoding... describe the client's connection
+            # to us, not ours to the upstream, and neither do the fields Connection names.
+            headers=strip_hop_by_hop(request.headers.items()),
+            # The body streams through; it is never read whole into memory.
+            data=request.content if request.body_exists else None,
+            allow_redirects=False,
+        )
+    except aiohttp.ClientError as error:
+        breaker.record_failure(permit)
+        return web.Response(status=502, text=f"upstream unreachable: {error}\n")
+    else:
+        # A 5xx counts against the upstream; a 4xx is the caller's mistake, not a failure.
+        if upstream.status >= 500:
+            breaker.record_failure(permit)
+        else:
+            breaker.record_success(permit)
+    finally:
+        breaker.release(permit)  # (2)!
+    async with upstream:
+        headers = CIMultiDict(strip_hop_by_hop(upstream.headers.items()))
+        response = web.StreamResponse(status=upstream.status, headers=headers)
+        await response.prepare(request)
+        async for chunk in upstream.content.iter_any():
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+
+def follow(
+    service: str, control_plane: str, wait: float
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """cleanup_ctx: long-poll the control plane for `service` and load each new version."""
+
+    async def config_sync(app: web.Application) -> AsyncIterator[None]:
+        # The store applies only newer, valid versions: a bad push leaves the last good config.
+        store = ConfigStore(validator=parse_proxy_config)
+        store.subscribe(lambda snapshot: app[ROUTER].load(snapshot.config))
+        async with aiohttp.ClientSession() as session:  # (3)!
+            async with ConfigSync(session, control_plane, service, store, wait=wait):
+                yield
+
+    return config_sync
+
+
+def create_app(
+    service: str = "reviews", control_plane: str = "http://127.0.0.1:7070", wait: float = 30.0
+) -> web.Application:
+    """A proxy for `service`, configured by the control plane (503 until it has a config)."""
+    app = web.Application()
+    app[ROUTER] = Router()
+    app.cleanup_ctx.append(client_session)
+    app.cleanup_ctx.append(follow(service, control_plane, wait))
+    app.router.add_route("*", "/{path:.*}", forward)
+    return app
+
+
+if __name__ == "__main__":
+    # serve() adds /healthz and /readyz, drains on SIGTERM and cleans up; no web.run_app here.
+    service = sys.argv[1] if len(sys.argv) > 1 else "reviews"
+    drain = DrainController(delay=5.0, grace=25.0)
+    asyncio.run(serve(create_app(service), drain, host="127.0.0.1", port=15001))
