@@ -180,6 +180,11 @@ class AppRegistry:
                 raise
             group.apps[app_id] = app
             self._apps[app_id] = app
+            # A config may have reached the group while the listener was starting; fan-out
+            # skipped this app then, because it was not in group.apps yet.
+            if group.config is not None and group.version != app.config_version:
+                proxy.apply(group.config)
+                app.config_version = group.version
             self._on_services_changed(self.services)
             log.info("registered %s for %s on %s", app_id, service, app.address)
             return app
