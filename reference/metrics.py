@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import bisect
 import math
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 __all__ = ["CONTENT_TYPE", "Counter", "Gauge", "Histogram", "Registry"]
@@ -183,7 +183,7 @@ class _HistogramChild:
 
     def observe(self, value: float) -> None:
         # Non-cumulative counts on the hot path (one bisect, one add); rendering sums them up.
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
         self.count += 1
 

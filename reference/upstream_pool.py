@@ -122,7 +122,8 @@ class _Connection(BaseProtocol):
     """One TCP connection; carries one exchange at a time, then waits in its pool."""
 
     __slots__ = ("pool", "key", "endpoint", "reused", "received", "idle_since", "_head",
-                 "_message", "_payload", "_writer", "_timer", "_broken", "_keep_alive")
+                 "_message", "_payload", "_writer", "_timer", "_timer_at", "_deadline",
+                 "_skips_body", "_broken", "_keep_alive")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, pool: UpstreamPool,
                  key: tuple[str, int], endpoint: str) -> None:
@@ -138,6 +139,9 @@ class _Connection(BaseProtocol):
         self._payload: StreamReader | None = None
         self._writer: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # when _timer fires; it may be earlier than _deadline
+        self._deadline: float | None = None  # of the current exchange
+        self._skips_body = False  # the parser was made for a response to HEAD
         self._broken = False  # never to be reused, whatever the response says
         self._keep_alive = False
 
@@ -145,7 +149,7 @@ class _Connection(BaseProtocol):
 
     def data_received(self, data: bytes) -> None:
         parser = self._parser
-        if parser is None:
+        if parser is None or self._head is None:
             # Bytes while idle answer nothing we sent: the connection's state is unknown.
             if data:
                 self.abort()
@@ -178,7 +182,7 @@ class _Connection(BaseProtocol):
         parser, self._parser = self._parser, None
         self._broken = True
         payload = self._payload
-        if parser is not None:
+        if parser is not None and self._head is not None:
             try:
                 # Ends a close-delimited body; raises for a body cut short of its framing.
                 parser.feed_eof()
@@ -202,20 +206,29 @@ class _Connection(BaseProtocol):
 
     def start(self, skip_body: bool, deadline: float | None) -> asyncio.Future[Any]:
         loop = self._loop
-        self._parser = HttpResponseParser(
-            self, loop, READ_LIMIT,
-            response_with_body=not skip_body,
-            # A response without Content-Length or chunked coding ends when the upstream closes.
-            read_until_eof=True,
-            auto_decompress=False,  # a proxy passes the bytes on as they are
-            payload_exception=UpstreamProtocolError,
-        )
+        if self._parser is None or self._skips_body != skip_body:
+            # One parser serves every exchange of the connection: a keep-alive response ends
+            # where the next one starts. Only a HEAD request changes how responses are framed.
+            self._parser = HttpResponseParser(
+                self, loop, READ_LIMIT,
+                response_with_body=not skip_body,
+                # A response without Content-Length or chunked coding ends when the upstream
+                # closes.
+                read_until_eof=True,
+                auto_decompress=False,  # a proxy passes the bytes on as they are
+                payload_exception=UpstreamProtocolError,
+            )
+            self._skips_body = skip_body
         self._head = head = loop.create_future()
         self._message = None
         self._payload = None
         self.received = False
-        if deadline is not None:
-            self._timer = loop.call_at(deadline, self._on_timeout)
+        self._deadline = deadline
+        if deadline is not None and (self._timer is None or self._timer_at > deadline):
+            # A timer already set for no later than `deadline` is kept: when it fires it moves
+            # itself on to the deadline. Exchanges much shorter than their timeout then share
+            # one timer instead of each scheduling and cancelling their own.
+            self._set_timer(deadline)
         return head
 
     def response(self) -> UpstreamResponse:
@@ -225,8 +238,20 @@ class _Connection(BaseProtocol):
             payload = EMPTY_PAYLOAD  # no body, whatever Content-Length says (RFC 9110 6.4.1)
         return UpstreamResponse(self, message, payload)
 
+    def _set_timer(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(when, self._on_timeout)
+        self._timer_at = when
+
     def _on_timeout(self) -> None:
         self._timer = None
+        deadline = self._deadline
+        if self._head is None or deadline is None:
+            return  # idle, or an exchange without a timeout: nothing to time out
+        if deadline > self._timer_at:
+            self._set_timer(deadline)  # set for an earlier exchange; this one has longer
+            return
         if self._message is not None and (self._payload is None or self._payload.is_eof()):
             return  # the response is complete; the caller just has not released it yet
         self._fail(UpstreamTimeout("upstream timed out", received=self.received))
@@ -255,7 +280,9 @@ class _Connection(BaseProtocol):
 
     def finish(self) -> None:
         """The caller is done with the response: keep the connection if it is clean."""
-        self._cancel_timer()
+        # The timer stays: the next exchange likely reuses it, and if none comes it fires once
+        # and does nothing. The sweep closing idle connections cancels it with the connection.
+        self._deadline = None
         writer = self._writer
         payload = self._payload
         if (
@@ -267,7 +294,6 @@ class _Connection(BaseProtocol):
             # Bytes of this exchange may still be on the wire: the next one would read them.
             self.abort()
             return
-        self._parser = None
         self._head = self._message = self._payload = self._writer = None
         self.reused = True
         self.pool._put(self)
@@ -330,7 +356,9 @@ class UpstreamPool:
         head, chunked = _request_head(method, target, headers, host, port, body)
         # A body that streams from a source can be sent only once; bytes can be sent again.
         replayable = body is None or isinstance(body, bytes)
-        conn = await self._acquire(host, port, deadline)
+        conn = self._idle_connection(host, port)
+        if conn is None:
+            conn = await self._connect(host, port, deadline)
         try:
             return await self._exchange(conn, head, chunked, method, body, deadline)
         except UpstreamDisconnected as error:
@@ -367,13 +395,13 @@ class UpstreamPool:
             raise
         return conn.response()
 
-    async def _acquire(self, host: str, port: int, deadline: float | None) -> _Connection:
+    def _idle_connection(self, host: str, port: int) -> _Connection | None:
         idle = self._idle.get((host, port))
         while idle:
             conn = idle.pop()  # the most recently used: the least likely to be closed by now
             if conn.usable:
                 return conn
-        return await self._connect(host, port, deadline)
+        return None
 
     async def _connect(self, host: str, port: int, deadline: float | None) -> _Connection:
         loop = asyncio.get_running_loop()

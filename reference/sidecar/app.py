@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +24,8 @@ __all__ = [
     "Sidecar",
     "SidecarOptions",
     "create_admin_app",
-    "create_inbound_app",
-    "create_outbound_app",
+    "create_inbound_server",
+    "create_outbound_server",
     "serve",
 ]
 
@@ -138,28 +138,41 @@ class Sidecar:
 SIDECAR = web.AppKey("sidecar", Sidecar)
 
 
-def _proxy_app(sidecar: Sidecar, handler: Callable[..., Any]) -> web.Application:
-    # No client_max_size: it applies to request.read()/post() only, and the proxy streams
-    # request.content, enforcing max_body_bytes itself.
-    app = web.Application()
-    app[SIDECAR] = sidecar
-    app.router.add_route("*", "/{path:.*}", handler)
-    return app
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
-def create_inbound_app(sidecar: Sidecar) -> web.Application:
-    """The inbound listener's app: everything goes to the local app; drain-aware."""
-    app = _proxy_app(sidecar, sidecar.handle_inbound)
-    # Not drain.install(): its /healthz and /readyz routes would shadow the app's own paths.
-    # Only the in-flight tracking and `Connection: close` while draining are wanted here.
-    app.middlewares.append(sidecar.drain.middleware)
-    app.on_response_prepare.append(sidecar.drain.on_response_prepare)
-    return app
+# The two proxy listeners run aiohttp's low-level server: every request goes to one handler,
+# so an Application's router, middleware chain and signals would only add work per request.
+# No client_max_size either: it applies to request.read()/post() only, and the proxy streams
+# request.content, enforcing max_body_bytes itself.
+def create_inbound_server(sidecar: Sidecar) -> web.Server:
+    """The inbound listener: everything goes to the local app; drain-aware."""
+    drain = sidecar.drain
+    forward = sidecar.handle_inbound
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        # What drain.install() would add, minus its /healthz and /readyz routes, which would
+        # shadow the app's own paths: in-flight tracking, and `Connection: close` while draining.
+        response = await drain.middleware(request, forward)
+        if drain.draining:
+            if response.prepared:
+                # A streamed response has its head out already: no header, but the connection
+                # still closes after it, so the client reconnects elsewhere all the same.
+                response.force_close()
+            else:
+                await drain.on_response_prepare(request, response)  # type: ignore[arg-type]
+        return response
+
+    return web.Server(handle, access_log=None)
 
 
-def create_outbound_app(sidecar: Sidecar) -> web.Application:
-    """The outbound listener's app: the local app's calls, routed by their Host field."""
-    return _proxy_app(sidecar, sidecar.handle_outbound)
+def create_outbound_server(sidecar: Sidecar) -> web.Server:
+    """The outbound listener: the local app's calls, routed by their Host field."""
+    # The proxy exists once lifecycle() ran (serve() starts the admin listener first); its
+    # handler is then served directly, without a delegating call per request.
+    handler: Handler = (sidecar.handle_outbound if sidecar.outbound is None
+                        else sidecar.outbound.handle)
+    return web.Server(handler, access_log=None)
 
 
 def create_admin_app(sidecar: Sidecar) -> web.Application:
@@ -177,12 +190,7 @@ def create_admin_app(sidecar: Sidecar) -> web.Application:
     return app
 
 
-async def _start(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    # access_log=None: formatting one log line per request costs more than the proxying.
-    # handle_signals=False: SIGTERM starts a drain, it must not stop the loop.
-    # The short shutdown_timeout only bounds cleanup: the drain has already waited.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           shutdown_timeout=UNWIND_TIMEOUT)
+async def _start(runner: web.BaseRunner, host: str, port: int) -> tuple[web.BaseRunner, int]:
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
@@ -190,6 +198,16 @@ async def _start(app: web.Application, host: str, port: int) -> tuple[web.AppRun
         await runner.cleanup()
         raise
     return runner, runner.addresses[0][1]
+
+
+def _runner(server: web.Application | web.Server) -> web.BaseRunner:
+    # access_log=None: formatting one log line per request costs more than the proxying.
+    # handle_signals=False: SIGTERM starts a drain, it must not stop the loop.
+    # The short shutdown_timeout only bounds cleanup: the drain has already waited.
+    if isinstance(server, web.Server):
+        return web.ServerRunner(server, handle_signals=False, shutdown_timeout=UNWIND_TIMEOUT)
+    return web.AppRunner(server, access_log=None, handle_signals=False,
+                         shutdown_timeout=UNWIND_TIMEOUT)
 
 
 # --8<-- [start:serve]
@@ -207,18 +225,18 @@ async def serve(
     """Run the three listeners until SIGTERM or preStop, drain, then shut down in order."""
     loop = asyncio.get_running_loop()
     drain = sidecar.drain
-    runners: list[web.AppRunner] = []
+    runners: list[web.BaseRunner] = []
     installed: list[signal.Signals] = []
     try:
-        admin_runner, admin_bound = await _start(create_admin_app(sidecar),
+        admin_runner, admin_bound = await _start(_runner(create_admin_app(sidecar)),
                                                  admin.ADMIN_HOST, admin_port)
         runners.append(admin_runner)
         outbound_runner, outbound_bound = await _start(
-            create_outbound_app(sidecar), outbound_host, outbound_port
+            _runner(create_outbound_server(sidecar)), outbound_host, outbound_port
         )
         runners.append(outbound_runner)
         inbound_runner, inbound_bound = await _start(
-            create_inbound_app(sidecar), inbound_host, inbound_port
+            _runner(create_inbound_server(sidecar)), inbound_host, inbound_port
         )
         runners.append(inbound_runner)
         for sig in signals:

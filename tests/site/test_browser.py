@@ -74,7 +74,9 @@ def find_chromium() -> str | None:
     return next((path for name in CHROMIUM_NAMES if (path := shutil.which(name))), None)
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an event loop running in this
+# thread until it stops, and the asyncio tests that run after this module need it gone.
+@pytest.fixture(scope="module")
 def browser():
     executable = find_chromium()
     if executable is None:

@@ -66,13 +66,15 @@ async def read_head(reader: asyncio.StreamReader) -> bytes:
     return await reader.readuntil(b"\r\n\r\n")
 
 
-def answering(*responses: bytes, close: bool = False) -> Handler:
+def answering(*responses: bytes, close: bool = False, delays: tuple[float, ...] = ()) -> Handler:
     """A raw server that answers each request on a connection with the next response."""
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            for response in responses:
+            for index, response in enumerate(responses):
                 await read_head(reader)
+                if index < len(delays):
+                    await asyncio.sleep(delays[index])  # the Nth answer comes after delays[N] s
                 writer.write(response)
                 await writer.drain()
             if close:
@@ -345,6 +347,31 @@ async def test_the_timeout_also_covers_a_body_that_stalls(pool, raw_upstream):
         await response.read()
     response.release()
     assert pool.idle_count(HOST, port) == 0
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+async def test_a_shorter_timeout_on_a_reused_connection_still_fires_on_time(pool, raw_upstream):
+    port = await raw_upstream(answering(OK, OK, delays=(0, 5)))
+    assert await get(pool, port, timeout=10) == (200, b"ok")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(UpstreamTimeout):
+        await get(pool, port, timeout=0.2)
+    # The first exchange left a timer 10 s out; the second one's 0.2 s must win. Wide bound
+    # for a loaded machine.
+    assert 0.15 < loop.time() - started < 2
+    assert pool.connections_made == 1
+
+
+async def test_a_longer_timeout_on_a_reused_connection_is_not_cut_short(pool, raw_upstream):
+    port = await raw_upstream(answering(OK, OK, delays=(0, 0.5)))
+    assert await get(pool, port, timeout=0.2) == (200, b"ok")
+    # The first exchange's timer fires 0.2 s in, while the second one is still waiting: it
+    # must move on to the second one's deadline instead of timing it out.
+    assert await get(pool, port, timeout=5) == (200, b"ok")
+    assert pool.connections_made == 1
 
 
 async def test_connecting_is_bounded_by_connect_timeout():
