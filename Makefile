@@ -1,5 +1,6 @@
-# Sidecar Lab: `make serve` to read the site, `make test` to run every test.
-# Both set everything up first; set-up is skipped when nothing changed.
+# Sidecar Lab: `make serve` to read the site, `make test` to run every test,
+# `make bench` to measure the reference systems on this machine (`make bench QUICK=1`: ~1 min).
+# Each sets everything up first; set-up is skipped when nothing changed.
 
 PYTHON ?= python3
 VENV := .venv
@@ -11,7 +12,7 @@ PORT ?= 8000
 # The project pins MkDocs 1.x; Material's notice about MkDocs 2 would only add noise.
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: setup serve build test clean
+.PHONY: setup serve build test bench clean
 
 setup: $(STAMP) $(MERMAID)
 
@@ -38,6 +39,10 @@ build: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# Needs nginx and wrk (Debian: apt-get install nginx wrk). Writes docs/lab/results/.
+bench: setup
+	$(BIN)/python -m bench $(if $(QUICK),--quick)
 
 clean:
 	rm -rf site test-artifacts .pytest_cache

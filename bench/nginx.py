@@ -33,7 +33,7 @@ UPSTREAM = """
 server {{
     listen 127.0.0.1:{port};
     keepalive_requests 1000000;
-    location / {{ return 200 "ok\\n"; }}
+    location / {{ return 200 "{body}"; }}
 }}
 """
 
@@ -65,9 +65,12 @@ class Nginx:
         self._process: subprocess.Popen | None = None
 
     @classmethod
-    def upstream(cls) -> "Nginx":
+    def upstream(cls, body_bytes: int = 3) -> "Nginx":
+        """An upstream answering every request with 200 and a body of `body_bytes` bytes."""
+        # Istio's published proxy costs use 1 KB payloads; the lab can match that size.
+        body = "ok\\n" if body_bytes == 3 else "x" * body_bytes
         port = free_port()
-        return cls(UPSTREAM.format(port=port), port)
+        return cls(UPSTREAM.format(port=port, body=body), port)
 
     @classmethod
     def proxy_to(cls, upstream_port: int) -> "Nginx":
