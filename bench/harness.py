@@ -40,5 +40,6 @@ def run(names: list[str] | None = None, *, quick: bool = False, out: Path | None
         progress.close(failed="error" in entry)
         results["scenarios"][name] = entry
     if out is not None:
-        write_results(results, out)
+        # A subset leaves the other scenarios' committed numbers in place.
+        write_results(results, out, merge=names is not None)
     return results

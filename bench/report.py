@@ -38,22 +38,39 @@ def markdown_table(table: Table, caption_line: str) -> str:
     return "\n".join(out)
 
 
-def write_results(results: dict[str, Any], out: Path) -> list[Path]:
-    """Write results.json and render every scenario in it; the paths written."""
+def write_results(results: dict[str, Any], out: Path, *, merge: bool = False) -> list[Path]:
+    """Write results.json and render every scenario in it; the paths written.
+
+    With `merge`, scenarios already in OUT/results.json that this run did not measure are kept,
+    each with the machine and mode it was measured in (`--only` re-measures one scenario).
+    """
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
+    if merge and path.exists():
+        results = merged(json.loads(path.read_text()), results)
     path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     return [path, *render(results, out)]
+
+
+def merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """`new`'s scenarios, plus `old`'s others, in registry order; each keeps its own machine."""
+    kept = {}
+    for name, entry in old.get("scenarios", {}).items():
+        if name not in new["scenarios"]:
+            kept[name] = {"machine": old["machine"], "quick": old["quick"]} | entry
+    both = kept | new["scenarios"]
+    order = [name for name in SCENARIOS if name in both] + [name for name in both if name not in SCENARIOS]
+    return new | {"scenarios": {name: both[name] for name in order}}
 
 
 def render(results: dict[str, Any], out: Path) -> list[Path]:
     """Markdown and SVG for each scenario in `results` that measured something."""
     written = []
-    line = caption(results["machine"], results["quick"])
     for name, result in results["scenarios"].items():
         scenario = SCENARIOS.get(name)
         if scenario is None or "error" in result:
             continue
+        line = caption(result.get("machine", results["machine"]), result.get("quick", results["quick"]))
         path = out / f"{name}.md"
         path.write_text(markdown_table(scenario.table(result), line))
         written.append(path)

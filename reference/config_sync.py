@@ -298,6 +298,7 @@ class ConfigSync:
         store: ConfigStore,
         *,
         wait: float = 30.0,
+        interval: float = 0.0,
         cache_path: str | os.PathLike[str] | None = None,
         backoff: Backoff | None = None,
         sleep: Sleep = asyncio.sleep,
@@ -310,6 +311,9 @@ class ConfigSync:
         # 30 s keeps an idle long poll under the 60 s idle timeout that load balancers such as
         # AWS's close connections at by default.
         self._wait = wait
+        # Periodic polling instead of (or on top of) the long poll: with wait=0 and an interval,
+        # a change is seen on average interval/2 late, the cost of not holding a connection open.
+        self._interval = interval
         self._cache_path = Path(cache_path) if cache_path is not None else None
         self._backoff = backoff if backoff is not None else Backoff()
         self._sleep = sleep
@@ -387,6 +391,8 @@ class ConfigSync:
                     log.info("config sync for %s recovered", self._service)
                 self.last_error = None
                 self._backoff.reset()
+                if self._interval > 0:
+                    await self._sleep(self._interval)
     # --8<-- [end:run]
 
     async def start(self) -> None:

@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "plane is down")
     parser.add_argument("--wait", type=float, default=30.0,
                         help="seconds one long poll may wait for a change; default: 30")
+    parser.add_argument("--poll-interval", type=float, default=0.0, metavar="SECONDS",
+                        help="poll every SECONDS instead of long-polling (the push the default "
+                        "gives); 0: long-poll")
     parser.add_argument("--drain-delay", type=float, default=5.0,
                         help="on SIGTERM, seconds to keep serving while endpoints are removed")
     parser.add_argument("--drain-grace", type=float, default=25.0,
@@ -90,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.wait <= 0:
         parser.error("--wait must be positive")
+    if args.poll_interval < 0:
+        parser.error("--poll-interval must be 0 or positive")
     skip_tls(args.control_plane)
     import asyncio
     import logging
@@ -110,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         control_plane=args.control_plane,
         cache_path=args.cache,
         wait=args.wait,
+        poll_interval=args.poll_interval,
     )
 
     async def run() -> None:

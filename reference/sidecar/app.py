@@ -39,6 +39,7 @@ class SidecarOptions:
     control_plane: str = "http://127.0.0.1:7070"
     cache_path: str | None = None  # the last good config, served while the control plane is down
     wait: float = 30.0  # seconds the control plane may hold one long poll
+    poll_interval: float = 0.0  # > 0: poll this often without long-polling (wait is then 0)
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,8 @@ class Sidecar:
             self.options.control_plane,
             self.options.service,
             self.store,
-            wait=self.options.wait,
+            wait=0.0 if self.options.poll_interval > 0 else self.options.wait,
+            interval=self.options.poll_interval,
             cache_path=self.options.cache_path,
         )
         await self.sync.start()  # applies the cached config, if any, before returning

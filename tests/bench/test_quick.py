@@ -6,18 +6,16 @@ measured, every ratio computed, and every table and chart written and well forme
 
 from __future__ import annotations
 
-import io
 import json
-import os
-import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench import harness
-from bench.report import render
+from bench.report import render, write_results
+
+from .conftest import run_tiny
 
 SVG = "{http://www.w3.org/2000/svg}"
 # Smaller than `--quick`: 1 s wrk runs without warm-up, N = 1 and 2, 1 s windows (about 25 s).
@@ -27,22 +25,9 @@ TINY = {
 }
 
 
-def missing_tools() -> list[str]:
-    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-    return [name for name, path in (("nginx", nginx), ("wrk", shutil.which("wrk"))) if path is None]
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    missing = missing_tools()
-    if missing:
-        reason = f"the lab needs {' and '.join(missing)} (Debian: apt-get install nginx wrk)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI must install them")
-        pytest.skip(reason)
-    out = tmp_path_factory.mktemp("bench")
-    results = harness.run(quick=True, out=out, overrides=TINY, stream=io.StringIO())
-    return out, results
+    return run_tiny(tmp_path_factory, TINY)
 
 
 def test_results_json_records_the_machine_and_every_scenario(lab):
@@ -126,3 +111,19 @@ def test_rendering_the_same_results_again_gives_the_same_bytes(lab, tmp_path):
     results = json.loads((out / "results.json").read_text())
     for path in render(results, tmp_path):
         assert path.read_bytes() == (out / path.name).read_bytes(), f"{path.name} differs"
+
+
+def test_rerunning_one_scenario_keeps_the_others_with_the_machine_they_were_measured_on(lab, tmp_path):
+    out, _ = lab
+    old = json.loads((out / "results.json").read_text())
+    old["machine"]["date"] = "2001-01-01"
+    (tmp_path / "results.json").write_text(json.dumps(old))
+    rerun = {"machine": {**old["machine"], "date": "2002-02-02"}, "quick": False,
+             "scenarios": {"resource_cost": old["scenarios"]["resource_cost"]}}
+    write_results(rerun, tmp_path, merge=True)
+    merged = json.loads((tmp_path / "results.json").read_text())
+    assert list(merged["scenarios"]) == ["data_path", "resource_cost"]
+    assert merged["machine"]["date"] == "2002-02-02"
+    assert merged["scenarios"]["data_path"]["machine"]["date"] == "2001-01-01"
+    assert "2001-01-01" in (tmp_path / "data_path.md").read_text()
+    assert "2002-02-02" in (tmp_path / "resource_cost.md").read_text()

@@ -96,6 +96,7 @@ class ControlPlane:
         self.configs: dict[str, tuple[int, dict[str, Any]]] = {}
         self.changed = asyncio.Event()
         self.url = ""
+        self.waits: list[float] = []  # the ?wait of every GET, in arrival order
 
     def publish(self, service: str, config: dict[str, Any]) -> int:
         version = self.configs.get(service, (0, {}))[0] + 1
@@ -107,6 +108,7 @@ class ControlPlane:
     async def get_config(self, request: web.Request) -> web.StreamResponse:
         service = request.match_info["service"]
         wait = float(request.query.get("wait", "0"))
+        self.waits.append(wait)
         known = request.headers.get("If-None-Match")
         deadline = asyncio.get_running_loop().time() + wait
         while True:
@@ -169,9 +171,11 @@ async def start_sidecar(control_plane: ControlPlane) -> AsyncIterator[Callable[.
     session = aiohttp.ClientSession()
 
     async def start(app_address: str = "127.0.0.1:9", service: str = "productpage",
-                    cache_path: str | None = None, **hosts: Any) -> RunningSidecar:
+                    cache_path: str | None = None, poll_interval: float = 0.0,
+                    **hosts: Any) -> RunningSidecar:
         options = SidecarOptions(service=service, app_address=app_address,
-                                 control_plane=control_plane.url, cache_path=cache_path, wait=2.0)
+                                 control_plane=control_plane.url, cache_path=cache_path, wait=2.0,
+                                 poll_interval=poll_interval)
         sidecar = Sidecar(options, drain=DrainController(delay=0.0, grace=1.0))
         ready: asyncio.Future[Ports] = asyncio.get_running_loop().create_future()
         task = asyncio.create_task(serve(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 
 from reference.breaker import State
@@ -94,3 +95,23 @@ async def test_a_new_config_applies_without_restart_and_keeps_breaker_state(
         async with sidecar.session.get(f"{sidecar.outbound}/", headers={"Host": "reviews"}) as r:
             statuses[(r.status, r.headers.get("x-sidecarlab-breaker"))] += 1
     assert statuses == {(200, None): 9, (503, "open"): 1}
+
+
+async def test_with_a_poll_interval_the_sidecar_polls_without_waiting_and_sees_a_change_one_interval_later(
+    upstream, control_plane, start_sidecar
+):
+    v1 = await upstream("v1")
+    control_plane.publish("productpage", weighted_config({"v1": 100}, {"v1": [v1.address]}))
+    sidecar = await start_sidecar(poll_interval=0.2)
+    await sidecar.wait_for_version(1)
+    loop = asyncio.get_running_loop()
+    published = loop.time()
+    await sidecar.wait_for_version(control_plane.publish("productpage", weighted_config(
+        {"v1": 100}, {"v1": [v1.address]}, retries={"attempts": 0})), timeout=2.0)
+    # Seen at the next poll: at most one interval (plus scheduling) after the write.
+    assert loop.time() - published < 0.2 + 0.15
+    polls_before = len(control_plane.waits)
+    await asyncio.sleep(0.5)
+    # A steady pace, not a busy loop: about 0.5 / 0.2 polls, each asking the server not to hold.
+    assert 1 <= len(control_plane.waits) - polls_before <= 4
+    assert set(control_plane.waits) == {0.0}
