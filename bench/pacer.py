@@ -25,6 +25,20 @@ class Target:
 
 
 @dataclass(frozen=True)
+class Sample:
+    """One request: which target, when it was due (s after the start), what came of it."""
+
+    target: int  # index into the targets list
+    due: float
+    status: int  # the HTTP status; 0 when no answer came (refused, reset, timed out)
+    latency_ms: float  # from `due` until the answer (or the failure)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+
+@dataclass(frozen=True)
 class PacedResult:
     """What one paced run did: requests scheduled, answered, failed, latencies in ms."""
 
@@ -35,6 +49,8 @@ class PacedResult:
     p50_ms: float
     p99_ms: float
     max_ms: float
+    # Every request in schedule order, for per-target or over-time views (blast radius, noise).
+    samples: tuple[Sample, ...] = ()
 
     @property
     def rps(self) -> float:
@@ -54,24 +70,28 @@ async def paced_load(targets: list[Target], *, rate: float, seconds: float, time
     count = max(1, round(rate * seconds))
     latencies: list[float] = []
     errors = 0
+    samples: list[Sample | None] = [None] * count
     # No connection limit: an open-loop client must not queue behind a slow answer. Each
     # target keeps its keep-alive connections, as an app calling through its helper would.
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     client_timeout = aiohttp.ClientTimeout(total=timeout)
     async with aiohttp.ClientSession(connector=connector, timeout=client_timeout) as session:
 
-        async def one(target: Target, due: float) -> None:
+        async def one(k: int, target: Target, due: float) -> None:
             nonlocal errors
+            status = 0
             try:
                 async with session.get(f"http://127.0.0.1:{target.port}/", headers={"Host": target.host}) as answer:
                     await answer.read()
-                    if answer.status != 200:
-                        errors += 1
-                        return
+                    status = answer.status
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                pass
+            latency = (time.perf_counter() - due) * 1000
+            samples[k] = Sample(k % len(targets), round(due - start, 6), status, latency)
+            if status != 200:
                 errors += 1
                 return
-            latencies.append((time.perf_counter() - due) * 1000)
+            latencies.append(latency)
 
         start = time.perf_counter()
         tasks = []
@@ -80,7 +100,7 @@ async def paced_load(targets: list[Target], *, rate: float, seconds: float, time
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(targets[k % len(targets)], due)))
+            tasks.append(asyncio.create_task(one(k, targets[k % len(targets)], due)))
         await asyncio.gather(*tasks)
         # The rate is over the schedule's length, not the time the last answer took to come.
         elapsed = max(seconds, count / rate)
@@ -89,9 +109,10 @@ async def paced_load(targets: list[Target], *, rate: float, seconds: float, time
         scheduled=count, ok=len(latencies), errors=errors, seconds=elapsed,
         p50_ms=percentile(latencies, 50), p99_ms=percentile(latencies, 99),
         max_ms=latencies[-1] if latencies else 0.0,
+        samples=tuple(sample for sample in samples if sample is not None),
     )
 
 
-def run_paced(targets: list[Target], *, rate: float, seconds: float) -> PacedResult:
-    """paced_load for synchronous callers."""
-    return asyncio.run(paced_load(targets, rate=rate, seconds=seconds))
+def run_paced(targets: list[Target], *, rate: float, seconds: float, timeout: float = 2.0) -> PacedResult:
+    """paced_load for synchronous callers (run it in a thread to act on the system meanwhile)."""
+    return asyncio.run(paced_load(targets, rate=rate, seconds=seconds, timeout=timeout))

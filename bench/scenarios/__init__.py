@@ -4,4 +4,6 @@ To add one (config propagation, blast radius, rolling restart, noisy neighbour..
 bench/scenarios/<name>.py with a `@register`ed `Scenario` subclass and import it below.
 """
 
-from . import data_path, resource_cost  # noqa: F401
+# One import a line, in run order.
+from . import data_path  # noqa: F401
+from . import resource_cost  # noqa: F401
