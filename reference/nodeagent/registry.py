@@ -8,11 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
-from aiohttp import web
 
 from reference.config_sync import Snapshot
 from reference.controlplane.names import check_service_name
 from reference.drain import DrainController
+from reference.http_listener import ProxyListener, drain_aware
 from reference.metrics import Registry
 from reference.nodeagent.configs import ServiceConfigs
 from reference.proxy import OutboundProxy
@@ -67,7 +67,7 @@ class LocalApp:
     app_id: str
     service: str
     proxy: OutboundProxy
-    runner: web.AppRunner
+    runner: ProxyListener
     port: int = 0
     config_version: int = 0  # 0 until its service has a config
 
@@ -167,12 +167,9 @@ class AppRegistry:
                 proxy.apply(group.config)
                 app.config_version = group.version
             try:
-                await app.runner.setup()
                 # Loopback only: the listener acts with the app's identity, so only processes
                 # on this host may use it.
-                site = web.TCPSite(app.runner, "127.0.0.1", 0)
-                await site.start()
-                app.port = app.runner.addresses[0][1]
+                app.port = await app.runner.start("127.0.0.1", 0)
             except BaseException:
                 proxy.close()
                 await app.runner.cleanup()
@@ -205,19 +202,13 @@ class AppRegistry:
         await app.runner.cleanup()
         log.info("deregistered %s", app_id)
 
-    def _runner(self, proxy: OutboundProxy) -> web.AppRunner:
-        web_app = web.Application()
+    def _runner(self, proxy: OutboundProxy) -> ProxyListener:
         # Every path and method goes to the proxy: the Host header picks the destination.
-        web_app.router.add_route("*", "/{path:.*}", proxy.handle)
         # The node's one DrainController tracks requests on every app's listener, so SIGTERM
         # can drain them all with a single delay and grace period. Its /healthz and /readyz
         # live on the admin listener, not here, where they would shadow upstream paths.
-        web_app.middlewares.append(self._drain.middleware)
-        web_app.on_response_prepare.append(self._drain.on_response_prepare)
-        # access_log=None: formatting one log line per request costs more than the proxying.
-        return web.AppRunner(
-            web_app, access_log=None, handle_signals=False, shutdown_timeout=DEREGISTER_GRACE
-        )
+        return ProxyListener(drain_aware(self._drain, proxy.handle),
+                             shutdown_timeout=DEREGISTER_GRACE)
 
     # --8<-- [start:fanout]
     async def _group(self, service: str) -> _ServiceGroup:

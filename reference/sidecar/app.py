@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +14,7 @@ from aiohttp import web
 from reference import admin
 from reference.config_sync import ConfigStore, ConfigSync, Snapshot
 from reference.drain import UNWIND_TIMEOUT, DrainController, DrainResult
+from reference.http_listener import ProxyListener, drain_aware
 from reference.metrics import Registry
 from reference.proxy import InboundForwarder, OutboundProxy, create_upstream_session
 from reference.proxy_config import ProxyConfig, parse_proxy_config
@@ -140,41 +141,21 @@ class Sidecar:
 SIDECAR = web.AppKey("sidecar", Sidecar)
 
 
-Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
-
-
-# The two proxy listeners run aiohttp's low-level server: every request goes to one handler,
-# so an Application's router, middleware chain and signals would only add work per request.
-# No client_max_size either: it applies to request.read()/post() only, and the proxy streams
-# request.content, enforcing max_body_bytes itself.
-def create_inbound_server(sidecar: Sidecar) -> web.Server:
+# The two proxy listeners are ProxyListeners: aiohttp's parser and response types without its
+# per-request server machinery, which cost a proxy more than the forwarding itself. No
+# client_max_size either: the proxy streams request.content, enforcing max_body_bytes itself.
+def create_inbound_server(sidecar: Sidecar) -> ProxyListener:
     """The inbound listener: everything goes to the local app; drain-aware."""
-    drain = sidecar.drain
-    forward = sidecar.handle_inbound
-
-    async def handle(request: web.BaseRequest) -> web.StreamResponse:
-        # What drain.install() would add, minus its /healthz and /readyz routes, which would
-        # shadow the app's own paths: in-flight tracking, and `Connection: close` while draining.
-        response = await drain.middleware(request, forward)
-        if drain.draining:
-            if response.prepared:
-                # A streamed response has its head out already: no header, but the connection
-                # still closes after it, so the client reconnects elsewhere all the same.
-                response.force_close()
-            else:
-                await drain.on_response_prepare(request, response)  # type: ignore[arg-type]
-        return response
-
-    return web.Server(handle, access_log=None)
+    return ProxyListener(drain_aware(sidecar.drain, sidecar.handle_inbound),
+                         shutdown_timeout=UNWIND_TIMEOUT)
 
 
-def create_outbound_server(sidecar: Sidecar) -> web.Server:
+def create_outbound_server(sidecar: Sidecar) -> ProxyListener:
     """The outbound listener: the local app's calls, routed by their Host field."""
     # The proxy exists once lifecycle() ran (serve() starts the admin listener first); its
     # handler is then served directly, without a delegating call per request.
-    handler: Handler = (sidecar.handle_outbound if sidecar.outbound is None
-                        else sidecar.outbound.handle)
-    return web.Server(handler, access_log=None)
+    handler = sidecar.handle_outbound if sidecar.outbound is None else sidecar.outbound.handle
+    return ProxyListener(handler, shutdown_timeout=UNWIND_TIMEOUT)
 
 
 def create_admin_app(sidecar: Sidecar) -> web.Application:
@@ -192,7 +173,10 @@ def create_admin_app(sidecar: Sidecar) -> web.Application:
     return app
 
 
-async def _start(runner: web.BaseRunner, host: str, port: int) -> tuple[web.BaseRunner, int]:
+async def _start(runner: web.BaseRunner | ProxyListener, host: str,
+                 port: int) -> tuple[web.BaseRunner | ProxyListener, int]:
+    if isinstance(runner, ProxyListener):
+        return runner, await runner.start(host, port)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
@@ -202,13 +186,11 @@ async def _start(runner: web.BaseRunner, host: str, port: int) -> tuple[web.Base
     return runner, runner.addresses[0][1]
 
 
-def _runner(server: web.Application | web.Server) -> web.BaseRunner:
-    # access_log=None: formatting one log line per request costs more than the proxying.
+def _admin_runner(app: web.Application) -> web.AppRunner:
+    # access_log=None: one log line per probe and scrape is noise.
     # handle_signals=False: SIGTERM starts a drain, it must not stop the loop.
     # The short shutdown_timeout only bounds cleanup: the drain has already waited.
-    if isinstance(server, web.Server):
-        return web.ServerRunner(server, handle_signals=False, shutdown_timeout=UNWIND_TIMEOUT)
-    return web.AppRunner(server, access_log=None, handle_signals=False,
+    return web.AppRunner(app, access_log=None, handle_signals=False,
                          shutdown_timeout=UNWIND_TIMEOUT)
 
 
@@ -227,18 +209,18 @@ async def serve(
     """Run the three listeners until SIGTERM or preStop, drain, then shut down in order."""
     loop = asyncio.get_running_loop()
     drain = sidecar.drain
-    runners: list[web.BaseRunner] = []
+    runners: list[web.BaseRunner | ProxyListener] = []
     installed: list[signal.Signals] = []
     try:
-        admin_runner, admin_bound = await _start(_runner(create_admin_app(sidecar)),
+        admin_runner, admin_bound = await _start(_admin_runner(create_admin_app(sidecar)),
                                                  admin.ADMIN_HOST, admin_port)
         runners.append(admin_runner)
         outbound_runner, outbound_bound = await _start(
-            _runner(create_outbound_server(sidecar)), outbound_host, outbound_port
+            create_outbound_server(sidecar), outbound_host, outbound_port
         )
         runners.append(outbound_runner)
         inbound_runner, inbound_bound = await _start(
-            _runner(create_inbound_server(sidecar)), inbound_host, inbound_port
+            create_inbound_server(sidecar), inbound_host, inbound_port
         )
         runners.append(inbound_runner)
         for sig in signals:
