@@ -129,20 +129,22 @@ class Lab:
         self.control_plane = ports
         return self.put_config(proxy_config(upstream_port))
 
-    def put_config(self, config: dict[str, Any]) -> int:
+    def put_config(self, config: dict[str, Any], *, service: str = SERVICE) -> int:
         request = Request(
-            f"http://127.0.0.1:{self.control_plane['http']}/v1/services/{SERVICE}/config",
+            f"http://127.0.0.1:{self.control_plane['http']}/v1/services/{service}/config",
             data=json.dumps(config).encode(), method="PUT",
             headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
         )
         with urlopen(request, timeout=5) as response:
             return int(json.loads(response.read())["version"])
 
-    def start_sidecars(self, first: int, count: int, app_port: int, version: int) -> list[Helper]:
+    def start_sidecars(self, first: int, count: int, app_port: int, version: int, *,
+                       service: str = SERVICE, extra_args: tuple[str, ...] = (),
+                       name: str = "sidecar") -> list[Helper]:
         """Start sidecars number first..first+count-1 and wait until each serves `version`."""
         specs = [
-            (f"sidecar-{n}",
-             ["sidecar", "--service", SERVICE, "--app-address", f"127.0.0.1:{app_port}",
+            (f"{name}-{n}",
+             ["sidecar", "--service", service, *extra_args, "--app-address", f"127.0.0.1:{app_port}",
               "--inbound-host", "127.0.0.1", "--inbound-port", "0", "--outbound-port", "0",
               "--admin-port", "0", "--control-plane", f"http://127.0.0.1:{self.control_plane['http']}",
               *QUICK_DRAIN])
@@ -155,17 +157,17 @@ class Lab:
                        f"sidecar on admin port {helper.admin} to get config {version}")
         return helpers
 
-    def start_node_agent(self) -> Helper:
+    def start_node_agent(self, *, log_level: str = "WARNING") -> Helper:
         socket = str(self.workdir / "agent.sock")
         [(process, ports)] = self.start([(
             "nodeagent",
-            ["nodeagent", "--socket", socket, "--admin-port", "0", "--log-level", "WARNING",
+            ["nodeagent", "--socket", socket, "--admin-port", "0", "--log-level", log_level,
              "--control-plane-grpc", f"127.0.0.1:{self.control_plane['grpc']}", *QUICK_DRAIN],
         )])
         return Helper(process, admin=ports["admin"], socket=socket)
 
 
-def register_apps(agent: Helper, app_ids: list[str], version: int) -> list[int]:
+def register_apps(agent: Helper, app_ids: list[str], version: int, *, service: str = SERVICE) -> list[int]:
     """Register apps with the node agent, as each app's start-up would; their outbound ports."""
     # Imported here: only the node-agent scenarios need grpcio in the bench process.
     import grpc
@@ -178,7 +180,7 @@ def register_apps(agent: Helper, app_ids: list[str], version: int) -> list[int]:
         for app_id in app_ids:
             # Register is idempotent and the agent keeps an app until it deregisters, so one
             # call stands in for reference/app/registration.py's register-and-refresh loop.
-            reply = stub.Register(nodeagent_pb2.RegisterRequest(app_id=app_id, service=SERVICE),
+            reply = stub.Register(nodeagent_pb2.RegisterRequest(app_id=app_id, service=service),
                                   timeout=10, wait_for_ready=True)
             ports.append(int(reply.outbound_address.rsplit(":", 1)[1]))
     wanted = set(app_ids)

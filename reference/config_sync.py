@@ -354,6 +354,9 @@ class ConfigSync:
         except ValueError as error:
             raise SyncError(f"malformed config document: {error}") from error
         result = await self._store.offer(version, config)
+        if result.applied:
+            # The node agent logs the same line: its timestamp says when a helper began serving.
+            log.info("config %s v%s applied", self._service, version)
         # Remember the ETag even when the offer was stale or rejected: the next poll then waits
         # for a *new* version instead of fetching the same one again and again.
         self._etag = etag

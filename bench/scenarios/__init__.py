@@ -7,3 +7,4 @@ bench/scenarios/<name>.py with a `@register`ed `Scenario` subclass and import it
 # One import a line, in run order.
 from . import data_path  # noqa: F401
 from . import resource_cost  # noqa: F401
+from . import config_propagation  # noqa: F401
