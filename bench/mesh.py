@@ -48,6 +48,7 @@ class Helper:
     admin: int
     outbound: int = 0  # the sidecar's outbound listener; 0 for the node agent
     socket: str = ""  # the node agent's local API
+    inbound: int = 0  # the sidecar's inbound listener (where other services call its app)
 
     @property
     def pid(self) -> int:

@@ -65,8 +65,15 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[int(rank) - 1]
 
 
-async def paced_load(targets: list[Target], *, rate: float, seconds: float, timeout: float = 2.0) -> PacedResult:
-    """Send round(rate * seconds) GETs at `rate` per second in total, target k % len(targets)."""
+async def paced_load(targets: list[Target], *, rate: float, seconds: float, timeout: float = 2.0,
+                     start_at: float | None = None) -> PacedResult:
+    """Send round(rate * seconds) GETs at `rate` per second in total, target k % len(targets).
+
+    `start_at` is the time.perf_counter() moment request 0 is due (default: now), so a caller
+    in another thread can time a fault against the samples' due times. `targets[i]` is read
+    when each request is sent, so a sequence whose items change (an app that re-registers and
+    gets a new port) is followed mid-run.
+    """
     count = max(1, round(rate * seconds))
     latencies: list[float] = []
     errors = 0
@@ -93,7 +100,7 @@ async def paced_load(targets: list[Target], *, rate: float, seconds: float, time
                 return
             latencies.append(latency)
 
-        start = time.perf_counter()
+        start = time.perf_counter() if start_at is None else start_at
         tasks = []
         for k in range(count):
             due = start + k / rate
@@ -113,6 +120,7 @@ async def paced_load(targets: list[Target], *, rate: float, seconds: float, time
     )
 
 
-def run_paced(targets: list[Target], *, rate: float, seconds: float, timeout: float = 2.0) -> PacedResult:
+def run_paced(targets: list[Target], *, rate: float, seconds: float, timeout: float = 2.0,
+              start_at: float | None = None) -> PacedResult:
     """paced_load for synchronous callers (run it in a thread to act on the system meanwhile)."""
-    return asyncio.run(paced_load(targets, rate=rate, seconds=seconds, timeout=timeout))
+    return asyncio.run(paced_load(targets, rate=rate, seconds=seconds, timeout=timeout, start_at=start_at))

@@ -8,3 +8,5 @@ bench/scenarios/<name>.py with a `@register`ed `Scenario` subclass and import it
 from . import data_path  # noqa: F401
 from . import resource_cost  # noqa: F401
 from . import config_propagation  # noqa: F401
+from . import blast_radius  # noqa: F401
+from . import rolling_restart  # noqa: F401
