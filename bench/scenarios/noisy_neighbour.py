@@ -124,32 +124,36 @@ class NoisyNeighbour(Scenario):
     def table(self, result: dict[str, Any]) -> Table:
         rows = []
         for pattern, by_flood in result["patterns"].items():
-            cells = [("0", by_flood["baseline"], 1.0)]
-            cells += [(c, run, by_flood["flood_over_baseline"][c]["p99"]) for c, run in by_flood["flood"].items()]
+            cells = [("0", by_flood["baseline"], {"p50": 1.0, "p99": 1.0})]
+            cells += [(c, run, by_flood["flood_over_baseline"][c]) for c, run in by_flood["flood"].items()]
             for connections, run, ratio in cells:
                 flood = run["flood"]
+                per_window = run["p99_ms_per_window"]
                 rows.append([
                     LABELS[pattern], flood_label(int(connections)), f"{run['requests']:,}",
-                    f"{run['p50_ms']:.2f}", f"{run['p99_ms']:.2f}", f"{run['max_ms']:.2f}",
-                    f"{run['worst_app_p99_ms']:.2f}", f"{ratio:.2f}", str(run["errors"]),
-                    f"{flood['rps']:,.0f}" if flood else "–", str(flood["errors"]) if flood else "–",
+                    f"{run['p50_ms']:.2f}", f"{run['p99_ms']:.2f}", f"{min(per_window):.2f}–{max(per_window):.2f}",
+                    f"{run['max_ms']:.2f}", f"{ratio['p50']:.2f}", f"{ratio['p99']:.2f}", str(run["errors"]),
+                    f"{flood['rps']:,.0f}" if flood else "–", f"{flood['p50_ms']:.2f}" if flood else "–",
+                    str(flood["errors"]) if flood else "–",
                     *(f"{run['cpu_vcpu'][role]:.2f}" for role in ROLES),
                 ])
         s = result["settings"]
         return Table(
             headers=["Helpers", "Noisy neighbour", "Quiet requests (all runs)", "Quiet p50 (ms)",
-                     "Quiet p99 (ms)", "Quiet max (ms)", "Worst quiet app's p99 (ms)",
-                     "Quiet p99 ÷ baseline (×)", "Quiet errors", "Flood through (req/s)", "Flood errors",
+                     "Quiet p99 (ms)", "Quiet p99 range over windows (ms)", "Quiet max (ms)",
+                     "Quiet p50 ÷ baseline (×)", "Quiet p99 ÷ baseline (×)", "Quiet errors",
+                     "Flood through (req/s)", "Flood p50 (ms)", "Flood errors",
                      "CPU helpers (vCPU)", "CPU wrk (vCPU)", "CPU nginx (vCPU)", "CPU paced client (vCPU)"],
-            rows=rows, align="llrrrrrrrrrrrrr",
+            rows=rows, align="llrrrrrrrrrrrrrrr",
             notes=[
                 f"{s['quiet_apps']} quiet apps, each sending {s['rate_per_app_rps']} requests/s open loop "
                 f"through its own helper; latency counts from each request's scheduled send time, and "
                 f"the percentiles pool every quiet request of a row's {s['repeats']} window(s) of "
-                f"{s['window_seconds']:g} s. The noisy app floods its own helper with wrk (closed loop, "
-                f"1 thread, keep-alive connections as shown), starting {s['flood_lead_seconds']:g} s before "
-                f"each window; its rate is the median over the windows. All apps call one nginx upstream "
-                f"with {s['body_bytes']:,}-byte responses.",
+                f"{s['window_seconds']:g} s (each app's own p99 is in results.json). The noisy app floods "
+                f"its own helper with wrk (closed loop, 1 thread, keep-alive connections as shown), "
+                f"starting {s['flood_lead_seconds']:g} s before each window; its rate and p50 (a service "
+                f"time at that concurrency) are the median over the windows. All apps call one nginx "
+                f"upstream with {s['body_bytes']:,}-byte responses.",
                 "Nothing is pinned: wrk, the paced client, the helpers and nginx share the machine's cores. "
                 "The CPU columns are each one's user + system time over the window, median over repeats; "
                 "helpers are all the sidecars (the noisy one included) or the one node agent.",
@@ -162,8 +166,8 @@ class NoisyNeighbour(Scenario):
         top = floods[-1]
 
         def latency(key: str) -> list[Series]:
-            series = [Series("no flood (baseline)", [patterns[p]["baseline"][key] for p in patterns])]
-            return series + [Series(f"one app flooding, {c} connections", [patterns[p]["flood"][c][key] for p in patterns])
+            series = [Series("no flood", [patterns[p]["baseline"][key] for p in patterns])]
+            return series + [Series(f"flood, {c} connections", [patterns[p]["flood"][c][key] for p in patterns])
                              for c in floods]
 
         # The CPU split of the baselines and of the heaviest flood: where the cores went.
@@ -171,11 +175,11 @@ class NoisyNeighbour(Scenario):
                  for run, label in ((patterns[p]["baseline"], "no flood"), (patterns[p]["flood"][top], f"{top} conn"))]
         return {
             "noisy_neighbour_p99": bar_chart(
-                title="The quiet apps' p99 latency, without and with a noisy neighbour (lower is better)",
+                title="Quiet apps' p99 latency, without and with one app flooding (lower is better)",
                 x_label="Helpers", y_label="p99 latency of the quiet apps (ms)",
                 categories=[SHORT[p] for p in patterns], series=latency("p99_ms")),
             "noisy_neighbour_p50": bar_chart(
-                title="The quiet apps' median latency, without and with a noisy neighbour (lower is better)",
+                title="Quiet apps' median latency, without and with one app flooding (lower is better)",
                 x_label="Helpers", y_label="p50 latency of the quiet apps (ms)",
                 categories=[SHORT[p] for p in patterns], series=latency("p50_ms")),
             "noisy_neighbour_cpu": bar_chart(
