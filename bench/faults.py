@@ -87,8 +87,9 @@ class RegisteredApps:
     """N apps kept registered with a node agent by the reference app's own refresh loop.
 
     The loops run in a thread of their own (one event loop, one gRPC channel per app, as N app
-    processes would have). App i starts its loop i/N of a refresh interval after app 0, as apps
-    started at different moments would, so their refreshes are spread evenly over the interval.
+    processes would have). App i refreshes i/N of an interval after app 0, as apps started at
+    different moments would, so a fault at any moment finds their next refreshes spread evenly
+    over the interval ahead.
     """
 
     def __init__(self, socket: str, app_ids: list[str], ports: list[int], *, refresh: float) -> None:
@@ -137,13 +138,21 @@ class RegisteredApps:
     async def _run(self) -> None:
         import grpc
 
-        from reference.app.registration import keep_registered
+        from reference.app.registration import keep_registered, register
         from reference.protos import nodeagent_pb2_grpc
 
         async def one(index: int, registration) -> None:
             async with grpc.aio.insecure_channel(f"unix://{self.socket}") as channel:
+                stub = nodeagent_pb2_grpc.NodeAgentStub(channel)
+                # Long-running apps refresh at moments spread over the interval, also within
+                # the first one: app i refreshes at i/N of it, then every interval after that.
+                # keep_registered sleeps a whole interval first, so the first tick is done here.
                 await asyncio.sleep(self.refresh * index / len(self.registrations))
-                await keep_registered(nodeagent_pb2_grpc.NodeAgentStub(channel), registration, self.refresh)
+                try:
+                    await register(stub, registration, timeout=self.refresh)
+                except grpc.aio.AioRpcError:
+                    pass  # as keep_registered does: the next tick tries again
+                await keep_registered(stub, registration, self.refresh)
 
         await asyncio.gather(*(one(i, r) for i, r in enumerate(self.registrations)))
 

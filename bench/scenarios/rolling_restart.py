@@ -26,6 +26,10 @@ upgraded (SIGTERM with the same drain, then its replacement starts on the same s
 new agent knows none of the apps, so each app's calls fail until the app registers again
 (reference/app/registration.py's refresh loop, as in the blast-radius scenario): a drain
 cannot help apps whose helper is the thing going away.
+
+A control target calls nginx directly, at a low rate, through nothing that restarts: on a busy
+machine every load can stall at once (the client itself included), and a failure of the
+control says that a failure at that moment was the machine's, not the restart's.
 """
 
 from __future__ import annotations
@@ -61,10 +65,10 @@ from ..progress import Progress
 from ..scenario import Scenario, Table, register
 
 ROLLS = ("nodrain", "drain")
-VARIANTS = (*ROLLS, "nodeagent")
+VARIANTS = (*ROLLS, "nodeagent", "control")
 BREAKER_OFF = 1_000_000  # consecutive failures before the callers' sidecar's breaker opens
 LABELS = {"nodrain": "sidecars, no drain", "drain": "sidecars, drain",
-          "nodeagent": "node agent, drain"}
+          "nodeagent": "node agent, drain", "control": "control: nginx directly"}
 
 
 @register
@@ -112,11 +116,14 @@ class RollingRestart(Scenario):
                 ids = [f"bench-app-{k}" for k in range(1, m + 1)]
                 ports = register_apps(agent, ids, version)
             with RegisteredApps(socket, ids, ports, refresh=settings["app_refresh_seconds"]) as apps:
-                # Each variant gets a third of the load: m targets each, round-robin.
+                # Each variant gets the same share of the load: m targets each, round-robin. The
+                # control (one target, nginx directly) is restarted by nobody: if it fails, the
+                # machine stalled, and the variants' failures at that moment are not theirs.
                 targets = LiveTargets([fixed(Target(client.outbound, roll)) for roll in ROLLS for _ in range(m)]
-                                      + [registered(apps, i, UPSTREAM_HOST) for i in range(m)])
+                                      + [registered(apps, i, UPSTREAM_HOST) for i in range(m)]
+                                      + [fixed(Target(upstream.port, UPSTREAM_HOST))])
                 with progress.step(f"load; roll {n} instances twice and upgrade the node agent"):
-                    window = Window(targets, rate=3 * settings["rate_rps"],
+                    window = Window(targets, rate=settings["rate_rps"] * len(targets) / m,
                                     seconds=settings["before_seconds"] + settings["after_seconds"],
                                     timeout=settings["timeout_seconds"])
                     with ThreadPoolExecutor(max_workers=3) as pool:
@@ -127,7 +134,8 @@ class RollingRestart(Scenario):
                         agent_restart = upgrade.result()
                     load = window.result()
         start = settings["before_seconds"]
-        groups = {"nodrain": range(0, m), "drain": range(m, 2 * m), "nodeagent": range(2 * m, 3 * m)}
+        groups = {"nodrain": range(0, m), "drain": range(m, 2 * m), "nodeagent": range(2 * m, 3 * m),
+                  "control": range(3 * m, 3 * m + 1)}
         variants: dict[str, Any] = {}
         for roll in ROLLS:
             seen = outage(load.samples, groups[roll], start, timeout=settings["timeout_seconds"])
@@ -150,6 +158,10 @@ class RollingRestart(Scenario):
                                           "share_affected", "recovery_seconds", "recovery_by_app_seconds")},
             "restart": agent_restart.json(),
         }
+        seen = outage(load.samples, groups["control"], start, timeout=settings["timeout_seconds"])
+        variants["control"] = {"restarts": 0, "failed_per_restart": 0.0,
+                               **{key: seen[key] for key in ("requests", "failed", "failed_before_fault",
+                                                             "failure_answers")}}
         return {
             "variants": variants,
             "timeline": timelines(load.samples, groups, dict.fromkeys(groups, start), before=start,
@@ -165,7 +177,7 @@ class RollingRestart(Scenario):
             affected = f"{run['apps_affected']} of {run['apps']}" if variant == "nodeagent" else "–"
             rows.append([
                 LABELS[variant], str(run["restarts"]), f"{run['requests']:,}", f"{run['failed']:,}",
-                f"{share:.2f}", f"{run['failed_per_restart']:,.1f}", answers(run["failure_answers"]),
+                f"{share:.2f}", f"{run['failed_per_restart']:,.1f}" if run["restarts"] else "–", answers(run["failure_answers"]),
                 affected, seconds_cell(run["recovery_seconds"]) if variant == "nodeagent" else "–",
             ])
         s = result["settings"]
@@ -174,8 +186,9 @@ class RollingRestart(Scenario):
                      "Failed per restart", "Failed as", "Node apps affected",
                      "SIGTERM to every app recovered (s)"],
             rows=rows, align="lrrrrrlrr",
-            notes=[f"Open-loop paced at {s['rate_rps']} requests/s per variant, all three side by side, "
-                   f"{s['timeout_seconds']:g} s timeout. Each roll replaces {s['instances']} instances one at "
+            notes=[f"Open-loop paced at {s['rate_rps']} requests/s per variant, all side by side, "
+                   f"{s['timeout_seconds']:g} s timeout; the control calls nginx directly at 1/{s['node_apps']} "
+                   f"of that rate and is restarted by nobody, so its failures mean the machine stalled. Each roll replaces {s['instances']} instances one at "
                    f"a time behind the callers' sidecar; an old endpoint leaves its cluster "
                    f"{s['endpoint_lag_seconds']:g} s after its SIGTERM. Drain: {s['drain_delay_seconds']:g} s of "
                    f"serving after SIGTERM; no drain: stop at once. The node agent serves {s['node_apps']} apps "

@@ -22,7 +22,7 @@ SVG = "{http://www.w3.org/2000/svg}"
 TINY = {"rolling_restart": {"instances": 2, "node_apps": 2, "rate_rps": 60, "endpoint_lag_seconds": 0.2,
                             "drain_delay_seconds": 0.8, "drain_grace_seconds": 1.5,
                             "app_refresh_seconds": 0.5, "before_seconds": 0.3, "after_seconds": 2.5}}
-VARIANTS = ("nodrain", "drain", "nodeagent")
+VARIANTS = ("nodrain", "drain", "nodeagent", "control")
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,11 @@ def test_stopping_without_a_drain_fails_requests_sent_during_the_lag(lab):
 def test_the_drained_roll_fails_no_request(lab):
     run = scenario(lab)["variants"]["drain"]
     assert run["failed"] == 0, f"the drain outlasts the endpoint lag, yet: {run['failure_answers']}"
+
+
+def test_the_control_that_nothing_restarts_fails_no_request(lab):
+    run = scenario(lab)["variants"]["control"]
+    assert run["requests"] > 0 and run["failed"] == 0, f"the machine stalled: {run['failure_answers']}"
 
 
 def test_upgrading_the_node_agent_reaches_every_app_on_it(lab):
