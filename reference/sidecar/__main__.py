@@ -12,6 +12,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from reference.proxy_config import ProxyConfigError, parse_endpoint
+from reference.runtime import EVENT_LOOPS, event_loop_factory, settle_memory
 
 if TYPE_CHECKING:
     from reference.sidecar.app import Ports
@@ -66,8 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="on SIGTERM, seconds to keep serving while endpoints are removed")
     parser.add_argument("--drain-grace", type=float, default=25.0,
                         help="on SIGTERM, seconds before requests still running are cut off")
+    parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="auto",
+                        help="uvloop: less CPU per request; asyncio: about 6 MB less memory; "
+                        "auto (default): uvloop if installed")
     parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING...")
     return parser
+
+
+def started(ports: Ports) -> None:
+    """Announce the ports, then shrink the heap: the process now runs as it will for days."""
+    announce(ports)
+    settle_memory()
 
 
 def announce(ports: Ports) -> None:
@@ -95,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--wait must be positive")
     if args.poll_interval < 0:
         parser.error("--poll-interval must be 0 or positive")
+    loop_factory = event_loop_factory(args.event_loop)  # before skip_tls: uvloop needs ssl
     skip_tls(args.control_plane)
     import asyncio
     import logging
@@ -126,10 +137,11 @@ def main(argv: list[str] | None = None) -> int:
             outbound_host=args.outbound_host,
             outbound_port=args.outbound_port,
             admin_port=args.admin_port,
-            on_started=announce,
+            on_started=started,
         )
 
-    asyncio.run(run())
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(run())
     return 0
 
 
