@@ -19,7 +19,7 @@ SVG = "{http://www.w3.org/2000/svg}"
 MODES = ("longpoll", "poll", "nodeagent")
 # Smaller than `--quick`: one app per mode, two writes each, a 0.3 s polling interval (about
 # 5 s in all, most of it starting and stopping the helpers).
-TINY = {"config_propagation": {"counts": [1], "writes": 2, "poll_interval_s": 0.3}}
+TINY = {"config_propagation": {"counts": [1], "writes": {"push": 2, "poll": 2}, "poll_interval_s": 0.3}}
 
 
 @pytest.fixture(scope="module")
