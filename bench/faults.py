@@ -21,10 +21,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+from xml.sax.saxutils import escape
 
 from .mesh import SERVICE, Helper, Lab, admin_json, wait_until
 from .pacer import PacedResult, Sample, Target, run_paced
-from .svg import Series, line_chart
+from . import svg
 
 # ----- helpers with chosen ports and drain settings -------------------------------------------
 
@@ -76,7 +77,7 @@ def start_helpers(lab: Lab, specs: list[tuple[str, list[str]]]) -> list[Helper]:
 def wait_for_version(helpers: Sequence[Helper], version: int) -> None:
     """Wait until every sidecar serves config `version` or a later one."""
     for helper in helpers:
-        wait_until(lambda h=helper: (admin_json(h.admin).get("version") or 0) >= version,
+        wait_until(lambda h=helper: sidecar_serves(h, version),
                    f"sidecar on admin port {helper.admin} to get config {version}")
 
 
@@ -110,6 +111,9 @@ class RegisteredApps:
     def port(self, index: int) -> int:
         """Where app `index` sends its outbound calls now."""
         return int(self.registrations[index].outbound_address.rsplit(":", 1)[1])
+
+    def ports(self) -> list[int]:
+        return [self.port(index) for index in range(len(self.registrations))]
 
     def __enter__(self) -> RegisteredApps:
         logging.getLogger("reference.app.registration").addHandler(self._quiet)
@@ -178,19 +182,38 @@ def registered(apps: RegisteredApps, index: int, host: str) -> Callable[[], Targ
     return lambda: Target(apps.port(index), host)
 
 
+def agent_serves(agent: Helper, apps: RegisteredApps, old_ports: list[int], version: int) -> bool:
+    """True once every app has a new port from `agent` and that agent has config for it."""
+    if any(new == old for new, old in zip(apps.ports(), old_ports)):
+        return False
+    served = {app["app_id"]: app["config_version"] for app in admin_json(agent.admin).get("apps", [])}
+    return all(served.get(r.app_id, 0) >= version for r in apps.registrations)
+
+
+def sidecar_serves(sidecar: Helper, version: int) -> bool:
+    return (admin_json(sidecar.admin).get("version") or 0) >= version
+
+
 # ----- a load window with faults in it ---------------------------------------------------------
 
 
 class Window:
-    """A paced run in a background thread; `at(t)` waits until t s after its first request."""
+    """A paced run in a background thread; `at(t)` waits until t s after its first request.
+
+    `seconds` is an upper bound: `finish_when` ends the run earlier, once the system has
+    recovered and a tail has been measured, so a quiet machine spends no time on idle load and
+    a busy one still gets the time its restarts take.
+    """
 
     LEAD = 0.3  # s between scheduling the run and its first request: the client's own start-up
 
     def __init__(self, targets: Sequence[Target], *, rate: float, seconds: float, timeout: float) -> None:
         self.start = time.perf_counter() + self.LEAD
+        self.seconds = seconds
+        self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=1)
         self._future = self._pool.submit(run_paced, targets, rate=rate, seconds=seconds,  # type: ignore[arg-type]
-                                         timeout=timeout, start_at=self.start)
+                                         timeout=timeout, start_at=self.start, stop=self._stop)
 
     def now(self) -> float:
         """Seconds since the first request was due (the samples' clock)."""
@@ -200,6 +223,16 @@ class Window:
         """Sleep until `moment` on the samples' clock; return the moment reached."""
         time.sleep(max(0.0, moment - self.now()))
         return self.now()
+
+    def finish_when(self, recovered: Callable[[], bool], *, tail: float) -> bool:
+        """Poll `recovered`; once true, load `tail` s more and stop. False if the run ended first."""
+        while not recovered():
+            if self.now() >= self.seconds:
+                return False
+            time.sleep(0.05)
+        self.at(self.now() + tail)
+        self._stop.set()
+        return True
 
     def result(self) -> PacedResult:
         try:
@@ -299,14 +332,49 @@ def timelines(samples: Sequence[Sample], groups: dict[str, range], origins: dict
     }
 
 
-def timeline_chart(line: dict[str, Any], labels: dict[str, str], *, title: str, x_label: str) -> str:
-    """A line per group of `timelines`: failed requests per bin over time."""
+def timeline_chart(line: dict[str, Any], labels: dict[str, str], *, title: str, x_label: str,
+                   marker: str) -> str:
+    """A line per group of `timelines` over time, with a dashed line at 0 named `marker`.
+
+    svg.line_chart puts a tick and a dot at every x and starts at 0; a timeline has hundreds of
+    bins and starts before the fault, so it gets round ticks and a plain line instead.
+    """
     step, first = line["bin_seconds"], line["from_seconds"]
     per = f"per {step * 1000:.0f} ms"
-    count = len(line[next(iter(labels))])
-    return line_chart(title=f"{title} ({per}, lower is better)", x_label=x_label,
-                      y_label=f"Failed requests ({per})", x=[round(first + k * step, 3) for k in range(count)],
-                      series=[Series(label, line[name]) for name, label in labels.items()])
+    names = list(labels)
+    count = len(line[names[0]])
+    last = first + count * step
+    ticks_y = svg.nice_ticks(max((v for name in names for v in line[name]), default=0))
+    out = svg._frame(f"{title} ({per}, lower is better)", x_label, f"Failed requests ({per})", ticks_y,
+                     [labels[name] for name in names])
+    plot_w, plot_h = svg.WIDTH - svg.LEFT - svg.RIGHT, svg.HEIGHT - svg.TOP - svg.BOTTOM
+    bottom = svg.TOP + plot_h
+
+    def px(t: float) -> float:
+        return svg.LEFT + plot_w * (t - first) / (last - first)
+
+    def py(v: float) -> float:
+        return bottom - plot_h * v / ticks_y[-1]
+
+    out.append('<g class="x-axis">')
+    x_step = svg.nice_ticks(last - first, count=8)[1]
+    for k in range(math.ceil(first / x_step), math.floor(last / x_step) + 1):
+        t = round(k * x_step, 9)
+        out.append(f'<line x1="{px(t):.1f}" y1="{bottom}" x2="{px(t):.1f}" y2="{bottom + 5}" stroke="#444"/>')
+        out.append(svg._text(px(t), bottom + 18, svg.number(t), size=11, cls="tick", extra=' fill="#333"'))
+    out.append("</g>")
+    out.append(f'<line x1="{px(0):.1f}" y1="{svg.TOP}" x2="{px(0):.1f}" y2="{bottom}" stroke="#666" '
+               f'stroke-dasharray="4 3"/>')
+    out.append(svg._text(px(0) + 4, svg.TOP + 12, marker, anchor="start", size=11, extra=' fill="#444"'))
+    out.append('<g class="lines">')
+    for i, name in enumerate(names):
+        # A step line: each bin's count holds from its start to its end.
+        points = " ".join(f"{px(first + k * step):.1f},{py(v):.1f} {px(first + (k + 1) * step):.1f},{py(v):.1f}"
+                          for k, v in enumerate(line[name]))
+        out.append(f'<polyline points="{points}" fill="none" stroke="{svg.PALETTE[i % len(svg.PALETTE)]}" '
+                   f'stroke-width="2"><title>{escape(labels[name])}</title></polyline>')
+    out += ["</g>", "</svg>"]
+    return "\n".join(out) + "\n"
 
 
 def seconds_cell(value: float | None) -> str:

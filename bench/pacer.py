@@ -10,6 +10,7 @@ the same whether it drives 1 app's helper or 50.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from dataclasses import dataclass
 
@@ -66,13 +67,15 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 async def paced_load(targets: list[Target], *, rate: float, seconds: float, timeout: float = 2.0,
-                     start_at: float | None = None) -> PacedResult:
+                     start_at: float | None = None, stop: threading.Event | None = None) -> PacedResult:
     """Send round(rate * seconds) GETs at `rate` per second in total, target k % len(targets).
 
     `start_at` is the time.perf_counter() moment request 0 is due (default: now), so a caller
     in another thread can time a fault against the samples' due times. `targets[i]` is read
     when each request is sent, so a sequence whose items change (an app that re-registers and
-    gets a new port) is followed mid-run.
+    gets a new port) is followed mid-run. Once `stop` is set, no further request is sent (those
+    in flight finish), so `seconds` becomes an upper bound for a caller that knows when it has
+    seen enough.
     """
     count = max(1, round(rate * seconds))
     latencies: list[float] = []
@@ -103,6 +106,8 @@ async def paced_load(targets: list[Target], *, rate: float, seconds: float, time
         start = time.perf_counter() if start_at is None else start_at
         tasks = []
         for k in range(count):
+            if stop is not None and stop.is_set():
+                break
             due = start + k / rate
             delay = due - time.perf_counter()
             if delay > 0:
@@ -110,10 +115,10 @@ async def paced_load(targets: list[Target], *, rate: float, seconds: float, time
             tasks.append(asyncio.create_task(one(k, targets[k % len(targets)], due)))
         await asyncio.gather(*tasks)
         # The rate is over the schedule's length, not the time the last answer took to come.
-        elapsed = max(seconds, count / rate)
+        elapsed = max(seconds, count / rate) if len(tasks) == count else len(tasks) / rate
     latencies.sort()
     return PacedResult(
-        scheduled=count, ok=len(latencies), errors=errors, seconds=elapsed,
+        scheduled=len(tasks), ok=len(latencies), errors=errors, seconds=elapsed,
         p50_ms=percentile(latencies, 50), p99_ms=percentile(latencies, 99),
         max_ms=latencies[-1] if latencies else 0.0,
         samples=tuple(sample for sample in samples if sample is not None),
@@ -121,6 +126,7 @@ async def paced_load(targets: list[Target], *, rate: float, seconds: float, time
 
 
 def run_paced(targets: list[Target], *, rate: float, seconds: float, timeout: float = 2.0,
-              start_at: float | None = None) -> PacedResult:
+              start_at: float | None = None, stop: threading.Event | None = None) -> PacedResult:
     """paced_load for synchronous callers (run it in a thread to act on the system meanwhile)."""
-    return asyncio.run(paced_load(targets, rate=rate, seconds=seconds, timeout=timeout, start_at=start_at))
+    return asyncio.run(paced_load(targets, rate=rate, seconds=seconds, timeout=timeout, start_at=start_at,
+                                  stop=stop))

@@ -32,12 +32,14 @@ from ..faults import (
     RegisteredApps,
     Restart,
     Window,
+    agent_serves,
     answers,
     fixed,
     node_agent_spec,
     outage,
     registered,
     seconds_cell,
+    sidecar_serves,
     sidecar_spec,
     start_helpers,
     timeline_chart,
@@ -61,12 +63,14 @@ class BlastRadius(Scenario):
 
     def settings(self, quick: bool) -> dict[str, Any]:
         # The reference app refreshes its registration every 10 s (REFRESH_INTERVAL); the quick
-        # run shortens it so that recovery fits in its window.
+        # run shortens it so that recovery fits in its window. The load ends `tail_seconds` after
+        # both patterns serve again, or `max_after_seconds` after the kill, whichever is first.
         return {
             "apps": 4 if quick else 10,
             "rate_rps": 100 if quick else 200,  # per pattern, spread evenly over its apps
             "before_seconds": 0.5 if quick else 2,
-            "after_seconds": 4 if quick else 16,
+            "max_after_seconds": 6 if quick else 20,
+            "tail_seconds": 0.5 if quick else 1.0,
             "restart_delay_seconds": 0.0,
             "app_refresh_seconds": 1.0 if quick else 10.0,
             "timeout_seconds": 2.0,
@@ -97,10 +101,13 @@ class BlastRadius(Scenario):
                                       + [registered(apps, i, UPSTREAM_HOST) for i in range(n)])
                 with progress.step("load, kill sidecar 1 and the node agent, restart both"):
                     window = Window(targets, rate=2 * settings["rate_rps"],
-                                    seconds=settings["before_seconds"] + settings["after_seconds"],
+                                    seconds=settings["before_seconds"] + settings["max_after_seconds"],
                                     timeout=settings["timeout_seconds"])
-                    restarts = kill_and_restart(lab, window, settings, sidecars[0], agent,
-                                                upstream.port, socket)
+                    restarts, sidecar, agent = kill_and_restart(lab, window, settings, sidecars[0], agent,
+                                                                upstream.port, socket)
+                    window.finish_when(lambda: sidecar_serves(sidecar, version)
+                                       and agent_serves(agent, apps, ports, version),
+                                       tail=settings["tail_seconds"])
                     load = window.result()
         kill_at = settings["before_seconds"]
         groups = {"sidecars": range(0, n), "nodeagent": range(n, 2 * n)}
@@ -119,9 +126,10 @@ class BlastRadius(Scenario):
         return {
             "patterns": patterns,
             "timeline": timelines(load.samples, groups, {p: r.stopped_at for p, r in restarts.items()},
-                                  before=kill_at, after=settings["after_seconds"],
+                                  before=kill_at, after=load.seconds - kill_at,
                                   bin_seconds=settings["bin_seconds"]),
             "scheduled": load.scheduled,
+            "load_seconds": round(load.seconds, 3),
         }
 
     def table(self, result: dict[str, Any]) -> Table:
@@ -142,20 +150,21 @@ class BlastRadius(Scenario):
             rows=rows, align="lrrrrlrrr",
             notes=[f"{settings['apps']} apps per pattern, open-loop paced at {settings['rate_rps']} requests/s "
                    f"per pattern (both patterns side by side, {settings['before_seconds']:g} s before the kill, "
-                   f"{settings['after_seconds']:g} s after), {settings['timeout_seconds']:g} s timeout. The "
+                   f"until {settings['tail_seconds']:g} s after both serve again), {settings['timeout_seconds']:g} s timeout. The "
                    f"killed helper is restarted after {settings['restart_delay_seconds']:g} s; apps on the "
                    f"node agent register again every {settings['app_refresh_seconds']:g} s, as the reference "
-                   f"app does. An app has recovered at its first successful request after its last failure."],
+                   f"app does. An app has recovered at its first successful request after its last failure; "
+                   f"restart to listening ends when the bench read the new process's listening line."],
         )
 
     def charts(self, result: dict[str, Any]) -> dict[str, str]:
         return {"blast_radius_timeline": timeline_chart(
-            result["timeline"], LABELS, title="Failed requests around the kill", x_label="Time since the kill (s)")}
+            result["timeline"], LABELS, title="Failed requests around the kill", x_label="Time since the kill (s)", marker="kill")}
 
 
 def kill_and_restart(lab: Lab, window: Window, settings: dict[str, Any], sidecar: Helper,
-                     agent: Helper, upstream_port: int, socket: str) -> dict[str, Restart]:
-    """SIGKILL both helpers at the same moment, then restart each (side by side)."""
+                     agent: Helper, upstream_port: int, socket: str) -> tuple[dict[str, Restart], Helper, Helper]:
+    """SIGKILL both helpers at the same moment, restart each (side by side); the new ones."""
     window.at(settings["before_seconds"])
     restarts = {}
     for pattern, helper in (("sidecars", sidecar), ("nodeagent", agent)):
@@ -169,14 +178,14 @@ def kill_and_restart(lab: Lab, window: Window, settings: dict[str, Any], sidecar
         "nodeagent": node_agent_spec(lab, "nodeagent-restarted", socket, NO_DRAIN),
     }
 
-    def restart(pattern: str) -> None:
+    def restart(pattern: str) -> Helper:
         window.at(restarts[pattern].stopped_at + settings["restart_delay_seconds"])
         restarts[pattern].spawned_at = window.now()
-        start_helpers(lab, [specs[pattern]])
+        [helper] = start_helpers(lab, [specs[pattern]])
         restarts[pattern].listening_at = window.now()
+        return helper
 
     # A thread each, so that each restart's listening moment is its own.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        for done in [pool.submit(restart, pattern) for pattern in PATTERNS]:
-            done.result()
-    return restarts
+        new_sidecar, new_agent = [done.result() for done in [pool.submit(restart, p) for p in PATTERNS]]
+    return restarts, new_sidecar, new_agent

@@ -46,6 +46,7 @@ from ..faults import (
     RegisteredApps,
     Restart,
     Window,
+    agent_serves,
     answers,
     fixed,
     node_agent_spec,
@@ -86,7 +87,10 @@ class RollingRestart(Scenario):
             "drain_grace_seconds": 2.0 if quick else 5.0,
             "app_refresh_seconds": 1.0 if quick else 10.0,
             "before_seconds": 0.5 if quick else 1.0,
-            "after_seconds": 5 if quick else 20,
+            # The load ends `tail_seconds` after every roll is done and every app on the node agent
+            # serves again, or `max_after_seconds` after the first SIGTERM, whichever is first.
+            "max_after_seconds": 8 if quick else 25,
+            "tail_seconds": 0.5 if quick else 1.0,
             "timeout_seconds": 2.0,
             "bin_seconds": 0.1,
             "body_bytes": 1024,
@@ -124,14 +128,15 @@ class RollingRestart(Scenario):
                                       + [fixed(Target(upstream.port, UPSTREAM_HOST))])
                 with progress.step(f"load; roll {n} instances twice and upgrade the node agent"):
                     window = Window(targets, rate=settings["rate_rps"] * len(targets) / m,
-                                    seconds=settings["before_seconds"] + settings["after_seconds"],
+                                    seconds=settings["before_seconds"] + settings["max_after_seconds"],
                                     timeout=settings["timeout_seconds"])
                     with ThreadPoolExecutor(max_workers=3) as pool:
                         rolls = {roll: pool.submit(balancer.roll, roll, window, settings, drains[roll])
                                  for roll in ROLLS}
                         upgrade = pool.submit(upgrade_agent, lab, window, settings, agent, socket, drains["drain"])
                         events = {roll: future.result() for roll, future in rolls.items()}
-                        agent_restart = upgrade.result()
+                        agent_restart, agent = upgrade.result()
+                    window.finish_when(lambda: agent_serves(agent, apps, ports, version), tail=settings["tail_seconds"])
                     load = window.result()
         start = settings["before_seconds"]
         groups = {"nodrain": range(0, m), "drain": range(m, 2 * m), "nodeagent": range(2 * m, 3 * m),
@@ -165,8 +170,9 @@ class RollingRestart(Scenario):
         return {
             "variants": variants,
             "timeline": timelines(load.samples, groups, dict.fromkeys(groups, start), before=start,
-                                  after=settings["after_seconds"], bin_seconds=settings["bin_seconds"]),
+                                  after=load.seconds - start, bin_seconds=settings["bin_seconds"]),
             "scheduled": load.scheduled,
+            "load_seconds": round(load.seconds, 3),
         }
 
     def table(self, result: dict[str, Any]) -> Table:
@@ -198,7 +204,7 @@ class RollingRestart(Scenario):
     def charts(self, result: dict[str, Any]) -> dict[str, str]:
         return {"rolling_restart_timeline": timeline_chart(
             result["timeline"], LABELS, title="Failed requests during the restarts",
-            x_label="Time since the first SIGTERM (s)")}
+            x_label="Time since the first SIGTERM (s)", marker="first SIGTERM")}
 
 
 @dataclass
@@ -282,7 +288,7 @@ def exit_time(helper: Helper, window: Window) -> float:
 
 
 def upgrade_agent(lab: Lab, window: Window, settings: dict[str, Any], agent: Helper, socket: str,
-                  drain: Drain) -> Restart:
+                  drain: Drain) -> tuple[Restart, Helper]:
     """SIGTERM the node agent, wait for its drain and exit, start the new one on the same socket."""
     window.at(settings["before_seconds"])
     restart = Restart(stopped_at=window.now())
@@ -291,6 +297,6 @@ def upgrade_agent(lab: Lab, window: Window, settings: dict[str, Any], agent: Hel
     # A DaemonSet's rolling update (maxSurge 0) starts the new pod once the old one is gone:
     # both would claim the same socket.
     restart.exited_at = restart.spawned_at = window.now()
-    start_helpers(lab, [node_agent_spec(lab, "nodeagent-new", socket, drain)])
+    [new] = start_helpers(lab, [node_agent_spec(lab, "nodeagent-new", socket, drain)])
     restart.listening_at = window.now()
-    return restart
+    return restart, new

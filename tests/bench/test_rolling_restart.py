@@ -21,7 +21,8 @@ SVG = "{http://www.w3.org/2000/svg}"
 # time to arrive (about 6 s in all, a third of it starting 7 processes).
 TINY = {"rolling_restart": {"instances": 2, "node_apps": 2, "rate_rps": 60, "endpoint_lag_seconds": 0.2,
                             "drain_delay_seconds": 0.8, "drain_grace_seconds": 1.5,
-                            "app_refresh_seconds": 0.5, "before_seconds": 0.3, "after_seconds": 2.5}}
+                            "app_refresh_seconds": 0.5, "before_seconds": 0.3, "max_after_seconds": 8,
+                            "tail_seconds": 0.3}}
 VARIANTS = ("nodrain", "drain", "nodeagent", "control")
 
 
@@ -65,6 +66,7 @@ def test_the_control_that_nothing_restarts_fails_no_request(lab):
 def test_upgrading_the_node_agent_reaches_every_app_on_it(lab):
     run = scenario(lab)["variants"]["nodeagent"]
     assert run["apps"] == 2 and run["apps_affected"] == 2 and run["failed"] >= 2
+    assert run["recovery_seconds"] is not None, "the load stops only once every app serves again"
     restart = run["restart"]
     assert restart["stopped_at"] < restart["exited_at"] <= restart["spawned_at"] < restart["listening_at"]
 
@@ -73,6 +75,9 @@ def test_every_request_is_counted_once_and_none_failed_before_the_first_sigterm(
     result = scenario(lab)
     variants = result["variants"]
     assert sum(run["requests"] for run in variants.values()) == result["scheduled"]
+    # The load stopped once everything served again (plus a tail), within its upper bound.
+    settings = result["settings"]
+    assert 0 < result["load_seconds"] <= settings["before_seconds"] + settings["max_after_seconds"]
     for variant, run in variants.items():
         assert run["failed_before_fault"] == 0, variant
         assert sum(run["failure_answers"].values()) == run["failed"] <= run["requests"], variant
