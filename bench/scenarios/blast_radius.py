@@ -17,8 +17,9 @@ run side by side in one load window, so the same machine noise hits both:
   moments would have. An app's calls fail until it has its new port.
 
 The lab restarts a killed helper after `restart_delay_seconds` (0: at once; the kubelet's
-restart back-off is not modelled). The samples then tell which apps failed, how many requests
-failed, and when each app's requests succeeded again.
+restart back-off is not modelled). The load stops `tail_seconds` after both patterns serve
+again. The samples then tell which apps failed, how many requests failed, and when each app's
+requests succeeded again; the untouched sidecars' apps are the control.
 """
 
 from __future__ import annotations

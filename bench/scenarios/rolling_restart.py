@@ -29,7 +29,8 @@ cannot help apps whose helper is the thing going away.
 
 A control target calls nginx directly, at a low rate, through nothing that restarts: on a busy
 machine every load can stall at once (the client itself included), and a failure of the
-control says that a failure at that moment was the machine's, not the restart's.
+control says that a failure at that moment was the machine's, not the restart's. The load
+stops `tail_seconds` after both rolls are done and every app on the node has its new port.
 """
 
 from __future__ import annotations
