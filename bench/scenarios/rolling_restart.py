@@ -121,12 +121,14 @@ class RollingRestart(Scenario):
                 ids = [f"bench-app-{k}" for k in range(1, m + 1)]
                 ports = register_apps(agent, ids, version)
             with RegisteredApps(socket, ids, ports, refresh=settings["app_refresh_seconds"]) as apps:
-                # Each variant gets the same share of the load: m targets each, round-robin. The
-                # control (one target, nginx directly) is restarted by nobody: if it fails, the
+                # Each variant gets the same share of the load, m targets each, interleaved so that
+                # every 100 ms bin sees each variant alike: target 3i calls through the no-drain
+                # cluster, 3i + 1 through the drain cluster, 3i + 2 is node app i. The control
+                # (the last target, nginx directly) is restarted by nobody: if it fails, the
                 # machine stalled, and the variants' failures at that moment are not theirs.
-                targets = LiveTargets([fixed(Target(client.outbound, roll)) for roll in ROLLS for _ in range(m)]
-                                      + [registered(apps, i, UPSTREAM_HOST) for i in range(m)]
-                                      + [fixed(Target(upstream.port, UPSTREAM_HOST))])
+                targets = LiveTargets([lookup for i in range(m) for lookup in (
+                    fixed(Target(client.outbound, "nodrain")), fixed(Target(client.outbound, "drain")),
+                    registered(apps, i, UPSTREAM_HOST))] + [fixed(Target(upstream.port, UPSTREAM_HOST))])
                 with progress.step(f"load; roll {n} instances twice and upgrade the node agent"):
                     window = Window(targets, rate=settings["rate_rps"] * len(targets) / m,
                                     seconds=settings["before_seconds"] + settings["max_after_seconds"],
@@ -140,7 +142,7 @@ class RollingRestart(Scenario):
                     window.finish_when(lambda: agent_serves(agent, apps, ports, version), tail=settings["tail_seconds"])
                     load = window.result()
         start = settings["before_seconds"]
-        groups = {"nodrain": range(0, m), "drain": range(m, 2 * m), "nodeagent": range(2 * m, 3 * m),
+        groups = {"nodrain": range(0, 3 * m, 3), "drain": range(1, 3 * m, 3), "nodeagent": range(2, 3 * m, 3),
                   "control": range(3 * m, 3 * m + 1)}
         variants: dict[str, Any] = {}
         for roll in ROLLS:
