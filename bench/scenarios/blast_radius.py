@@ -69,9 +69,9 @@ class BlastRadius(Scenario):
         return {
             "apps": 4 if quick else 10,
             "rate_rps": 100 if quick else 200,  # per pattern, spread evenly over its apps
-            "before_seconds": 0.5 if quick else 2,
+            "before_seconds": 0.3 if quick else 2,
             "max_after_seconds": 6 if quick else 20,
-            "tail_seconds": 0.5 if quick else 1.0,
+            "tail_seconds": 0.3 if quick else 1.0,
             "restart_delay_seconds": 0.0,
             "app_refresh_seconds": 1.0 if quick else 10.0,
             "timeout_seconds": 2.0,

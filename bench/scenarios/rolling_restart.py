@@ -87,11 +87,11 @@ class RollingRestart(Scenario):
             "drain_delay_seconds": 1.0 if quick else 2.0,
             "drain_grace_seconds": 2.0 if quick else 5.0,
             "app_refresh_seconds": 1.0 if quick else 10.0,
-            "before_seconds": 0.5 if quick else 1.0,
+            "before_seconds": 0.3 if quick else 1.0,
             # The load ends `tail_seconds` after every roll is done and every app on the node agent
             # serves again, or `max_after_seconds` after the first SIGTERM, whichever is first.
             "max_after_seconds": 8 if quick else 25,
-            "tail_seconds": 0.5 if quick else 1.0,
+            "tail_seconds": 0.3 if quick else 1.0,
             "timeout_seconds": 2.0,
             "bin_seconds": 0.1,
             "body_bytes": 1024,
