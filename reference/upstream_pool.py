@@ -375,9 +375,14 @@ class UpstreamPool:
     async def _exchange(self, conn: _Connection, head: bytes, chunked: bool, method: str,
                         body: bytes | AsyncIterable[bytes] | None,
                         deadline: float | None) -> UpstreamResponse:
-        waiter = conn.start(method == "HEAD", deadline)
         transport = conn.transport
-        assert transport is not None
+        if transport is None or transport.is_closing():
+            # The upstream closed (or reset) the connection between connecting and now, for
+            # example a process that died with connections still in its accept queue.
+            conn.abort()
+            raise UpstreamDisconnected("connection closed before the request was sent",
+                                       sent=False, received=False)
+        waiter = conn.start(method == "HEAD", deadline)
         if body is None:
             transport.write(head)
         elif isinstance(body, bytes):

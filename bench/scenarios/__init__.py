@@ -10,3 +10,4 @@ from . import resource_cost  # noqa: F401
 from . import config_propagation  # noqa: F401
 from . import blast_radius  # noqa: F401
 from . import rolling_restart  # noqa: F401
+from . import noisy_neighbour  # noqa: F401

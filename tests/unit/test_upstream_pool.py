@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from aiohttp import web
 
+from reference.runtime import event_loop_factory
 from reference.upstream_pool import (
     RequestBodyError,
     UpstreamConnectError,
@@ -418,3 +419,35 @@ async def test_errors_share_one_base_class_for_callers_that_do_not_care_which():
     assert all(issubclass(cls, UpstreamError) for cls in (
         UpstreamConnectError, UpstreamDisconnected, UpstreamProtocolError, UpstreamTimeout,
         RequestBodyError))
+
+
+class _ResetOnAccept(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.abort()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
+def test_an_upstream_that_resets_each_new_connection_is_reported_as_disconnected(loop_name):
+    # On uvloop the reset reaches the connection before the request is written: the pool
+    # must report that, not trip over a connection without a transport.
+    if loop_name == "uvloop":
+        pytest.importorskip("uvloop", reason="uvloop is not installed for this Python")
+
+    async def attempt() -> list[UpstreamDisconnected]:
+        server = await asyncio.get_running_loop().create_server(_ResetOnAccept, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        pool = UpstreamPool()
+        errors = []
+        try:
+            for _ in range(20):
+                with pytest.raises(UpstreamDisconnected) as caught:
+                    await pool.request("127.0.0.1", port, "GET", "/", [("Host", "x")], timeout=2)
+                errors.append(caught.value)
+        finally:
+            server.close()
+            await pool.close()
+        return errors
+
+    with asyncio.Runner(loop_factory=event_loop_factory(loop_name)) as runner:
+        errors = runner.run(attempt())
+    assert len(errors) == 20 and not any(error.received for error in errors)
