@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from asyncio import AbstractEventLoop
 
-__all__ = ["EVENT_LOOPS", "event_loop_factory", "settle_memory"]
+__all__ = ["EVENT_LOOPS", "GC_THRESHOLD", "event_loop_factory", "settle_memory"]
 
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 
@@ -41,12 +41,24 @@ def event_loop_factory(choice: str = "auto") -> Callable[[], AbstractEventLoop] 
     return uvloop.new_event_loop
 
 
+# Container allocations between two young-generation collections (CPython's default: 700).
+GC_THRESHOLD = 10_000
+
+
 def settle_memory() -> None:
-    """Once started: keep start-up objects out of garbage collection, give freed heap back."""
+    """Once started: keep start-up objects out of garbage collection, give freed heap back.
+
+    Also collects the young generation less often. A proxied request allocates a few hundred
+    short-lived containers, nearly all freed by reference counting at once; with the default
+    threshold a collection ran every couple of requests and cost a proxy about a tenth of its
+    CPU time. At 10,000 what waits for a collection stays around a megabyte.
+    """
     # Imports leave a few hundred thousand objects that live as long as the process. Freezing
     # them spares every later full collection from walking them again.
     gc.collect()
     gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_THRESHOLD, older, oldest)
     # Start-up also freed a lot (parsing, compiling regexes, building tables). glibc keeps freed
     # memory mapped for reuse; malloc_trim hands the free pages back, about 1 MB of RSS here.
     try:

@@ -7,7 +7,7 @@ import gc
 
 import pytest
 
-from reference.runtime import event_loop_factory, settle_memory
+from reference.runtime import GC_THRESHOLD, event_loop_factory, settle_memory
 
 
 def test_auto_takes_uvloop_where_it_is_installed_and_asyncio_takes_the_standard_loop():
@@ -27,9 +27,12 @@ def test_a_loop_from_the_factory_runs_a_coroutine():
         assert runner.run(asyncio.sleep(0, result="ran")) == "ran"
 
 
-def test_settling_memory_freezes_the_objects_alive_at_start_up():
+def test_settling_memory_freezes_start_up_objects_and_collects_young_ones_less_often():
+    threshold = gc.get_threshold()
     try:
         settle_memory()
         assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (GC_THRESHOLD, *threshold[1:])
     finally:
         gc.unfreeze()
+        gc.set_threshold(*threshold)
