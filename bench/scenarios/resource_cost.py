@@ -44,7 +44,7 @@ class ResourceCost(Scenario):
         return {
             "counts": [1, 5] if quick else [1, 5, 10, 25, 50],
             "rate_rps": 200,
-            "window_seconds": 3 if quick else 10,
+            "window_seconds": 2 if quick else 10,
             "warmup_seconds": 1 if quick else 2,
             "body_bytes": 1024,
         }
