@@ -78,7 +78,7 @@ class ProxyRequest:
     """One parsed request: the attributes of aiohttp's `BaseRequest` that a proxy reads."""
 
     __slots__ = ("method", "raw_path", "version", "headers", "raw_headers", "content",
-                 "keep_alive", "remote", "transport", "_payload_writer", "_message")
+                 "keep_alive", "remote", "transport", "_conn", "_message", "_writer")
 
     def __init__(self, message: Any, payload: StreamReader, conn: _Connection) -> None:
         self._message = message
@@ -91,8 +91,15 @@ class ProxyRequest:
         self.keep_alive: bool = not message.should_close
         self.remote: str | None = conn.remote
         self.transport = conn.transport
-        # aiohttp's StreamResponse.prepare() writes through this when a handler streams.
-        self._payload_writer = StreamWriter(conn, conn._loop)
+        self._conn = conn
+        self._writer: StreamWriter | None = None
+
+    @property
+    def _payload_writer(self) -> StreamWriter:
+        """What aiohttp's StreamResponse.prepare() writes through; made for streamed answers only."""
+        if self._writer is None:
+            self._writer = StreamWriter(self._conn, self._conn._loop)
+        return self._writer
 
     @property
     def path(self) -> str:

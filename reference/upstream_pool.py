@@ -103,7 +103,12 @@ class UpstreamResponse:
 
     async def read(self) -> bytes:
         """The whole body (for bodies known to be small)."""
-        return await self.content.read()
+        content = self.content
+        if content.is_eof() and content.exception() is None:
+            # The usual case for a small body: it arrived with the head and is complete, so
+            # take the buffer as it is instead of awaiting it chunk by chunk.
+            return content.read_nowait()
+        return await content.read()
 
     def release(self) -> None:
         """Give the connection back: to the pool if the response was read to its end, else closed."""
@@ -148,14 +153,16 @@ class _Connection(BaseProtocol):
     # ----- asyncio.Protocol ----------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if not data:
+            # aiohttp's resume_reading() calls this with b"" so that a protocol which buffered
+            # while paused parses what it kept; this one keeps nothing back.
+            return
         parser = self._parser
         if parser is None or self._head is None:
             # Bytes while idle answer nothing we sent: the connection's state is unknown.
-            if data:
-                self.abort()
+            self.abort()
             return
-        if data:
-            self.received = True
+        self.received = True
         try:
             messages, upgraded, _ = parser.feed_data(data)
         except Exception as error:
