@@ -3,11 +3,15 @@
 Every path ends at one nginx upstream answering 200 with a 1 KB body. wrk loads each path at 1
 and 16 keep-alive connections; the paths take turns within each round (Rule 3: alternate), and
 each ratio compares a path with nginx measured in the same round, before taking the median.
+
+The sidecar runs twice: as installed (on uvloop) and with `--event-loop asyncio`, the setting
+that trades CPU per request for memory, so the table shows both sides of that trade.
 """
 
 from __future__ import annotations
 
 import statistics
+import time
 from typing import Any
 
 from ..loadgen import LoadResult, run_wrk
@@ -18,8 +22,10 @@ from ..progress import Progress
 from ..scenario import Scenario, Table, register
 from ..svg import Series, bar_chart
 
-PATHS = ("direct", "nginx", "sidecar", "nodeagent")
-LABELS = {"direct": "direct", "nginx": "nginx (anchor)", "sidecar": "sidecar", "nodeagent": "node agent"}
+PATHS = ("direct", "nginx", "sidecar", "sidecar_asyncio", "nodeagent")
+LABELS = {"direct": "direct", "nginx": "nginx (anchor)", "sidecar": "sidecar",
+          "sidecar_asyncio": "sidecar, asyncio loop", "nodeagent": "node agent"}
+
 
 
 @register
@@ -34,6 +40,9 @@ class DataPath(Scenario):
             "repeats": 1 if quick else 3,
             "warmup_seconds": 1,
             "body_bytes": 1024,
+            # Idle time after start-up before memory is read: past the settling that follows
+            # a helper's first config, as a sidecar waiting for traffic would be.
+            "idle_seconds": 1 if quick else 2,
         }
 
     def steps(self, settings: dict[str, Any]) -> int:
@@ -48,13 +57,20 @@ class DataPath(Scenario):
                 anchor = lab.enter(Nginx.proxy_to(upstream.port))
                 version = lab.start_control_plane(upstream.port)
                 [sidecar] = lab.start_sidecars(1, 1, upstream.port, version)
+                [plain] = lab.start_sidecars(2, 1, upstream.port, version,
+                                             extra_args=("--event-loop", "asyncio"))
                 agent = lab.start_node_agent()
                 [agent_port] = register_apps(agent, ["bench-app-1"], version)
+                time.sleep(settings["idle_seconds"])
+                idle = {"sidecar": rss_mb(sidecar.pid), "sidecar_asyncio": rss_mb(plain.pid),
+                        "nodeagent": rss_mb(agent.pid),
+                        "nginx": sum(rss_mb(pid) for pid in anchor.pids)}
             # The helpers route on the Host header, as an app's outbound call through them would.
             targets = {
                 "direct": (upstream.port, {}),
                 "nginx": (anchor.port, {}),
                 "sidecar": (sidecar.outbound, {"Host": UPSTREAM_HOST}),
+                "sidecar_asyncio": (plain.outbound, {"Host": UPSTREAM_HOST}),
                 "nodeagent": (agent_port, {"Host": UPSTREAM_HOST}),
             }
             top = max(settings["connections"])
@@ -73,11 +89,12 @@ class DataPath(Scenario):
                             runs[path][connections].append(run_wrk(
                                 f"http://127.0.0.1:{port}/", connections=connections,
                                 seconds=settings["seconds"], headers=headers))
-            rss = {"sidecar": rss_mb(sidecar.pid), "nodeagent": rss_mb(agent.pid),
-                   "nginx": sum(rss_mb(pid) for pid in anchor.pids)}
+            rss = {"sidecar": rss_mb(sidecar.pid), "sidecar_asyncio": rss_mb(plain.pid),
+                   "nodeagent": rss_mb(agent.pid), "nginx": sum(rss_mb(pid) for pid in anchor.pids)}
         return {
             "paths": {path: {str(c): summarise(r) for c, r in by_conn.items()} for path, by_conn in runs.items()},
             "ratios": ratios(runs),
+            "rss_mb_idle": {name: round(value, 1) for name, value in idle.items()},
             "rss_mb_after_load": {name: round(value, 1) for name, value in rss.items()},
         }
 
@@ -90,6 +107,7 @@ class DataPath(Scenario):
                     LABELS[path], conns, f"{run['requests']:,}", f"{run['rps']:,.0f}",
                     f"{run['rps_min']:,.0f}–{run['rps_max']:,.0f}",
                     f"{run['p50_ms']:.3f}", f"{run['p99_ms']:.3f}", f"{run['p999_ms']:.3f}",
+                    f"{ratio['added_p50_ms_over_direct']:.3f}", f"{ratio['added_p99_ms_over_direct']:.3f}",
                     f"{ratio['rps']:.2f}", f"{ratio['p50']:.2f}", f"{ratio['p99']:.2f}",
                     str(run["errors"]),
                 ])
@@ -97,13 +115,16 @@ class DataPath(Scenario):
         return Table(
             headers=["Path", "Connections", "Requests (all runs)", "Throughput (req/s)",
                      "Range (req/s)", "p50 (ms)", "p99 (ms)", "p99.9 (ms)",
+                     "Added p50 vs direct (ms)", "Added p99 vs direct (ms)",
                      "Throughput ÷ nginx (×)", "p50 ÷ nginx (×)", "p99 ÷ nginx (×)", "Errors"],
-            rows=rows, align="lrrrrrrrrrrr",
+            rows=rows, align="lrrrrrrrrrrrrr",
             notes=[f"{settings['repeats']} run(s) of {settings['seconds']} s per path and connection count, "
                    f"taking turns; throughput and percentiles are the median over runs; ratios are "
                    f"taken against nginx in the same round, then the median. Closed loop (wrk, "
-                   f"1 thread), {settings['body_bytes']:,}-byte responses. Errors count failed "
-                   f"requests and non-2xx answers."],
+                   f"1 thread), {settings['body_bytes']:,}-byte responses. Added latency is the "
+                   f"path's percentile minus direct's, in the same round. Errors count failed "
+                   f"requests and non-2xx answers.",
+                   *memory_note(result)],
         )
 
     def charts(self, result: dict[str, Any]) -> dict[str, str]:
@@ -124,6 +145,18 @@ class DataPath(Scenario):
                 series=[Series(label, [result["paths"][p][top][key] for p in paths])
                         for label, key in (("p50", "p50_ms"), ("p99", "p99_ms"), ("p99.9", "p999_ms"))]),
         }
+
+
+def memory_note(result: dict[str, Any]) -> list[str]:
+    """A line on each helper's resident memory while idle, if the run recorded it."""
+    idle = result.get("rss_mb_idle")
+    if not idle:
+        return []
+    parts = [f"{LABELS[name]} {idle[name]:.1f} MB" for name in ("sidecar", "sidecar_asyncio", "nodeagent")
+             if name in idle]
+    return [f"Resident memory (RSS) while idle, {result['settings']['idle_seconds']:g} s after "
+            f"start-up with its config: "
+            + ", ".join(parts) + f"; nginx (master and worker) {idle['nginx']:.1f} MB."]
 
 
 def summarise(runs: list[LoadResult]) -> dict[str, Any]:

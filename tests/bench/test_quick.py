@@ -20,7 +20,7 @@ from .conftest import run_tiny
 SVG = "{http://www.w3.org/2000/svg}"
 # Smaller than `--quick`: 1 s wrk runs without warm-up, N = 1 and 2, 1 s windows (about 25 s).
 TINY = {
-    "data_path": {"seconds": 1, "repeats": 1, "warmup_seconds": 0},
+    "data_path": {"seconds": 1, "repeats": 1, "warmup_seconds": 0, "idle_seconds": 0.5},
     "resource_cost": {"counts": [1, 2], "window_seconds": 1, "warmup_seconds": 0},
 }
 
@@ -46,7 +46,7 @@ def test_results_json_records_the_machine_and_every_scenario(lab):
 def test_every_path_was_measured_with_positive_numbers_and_no_errors(lab):
     _, results = lab
     paths = results["scenarios"]["data_path"]["paths"]
-    assert set(paths) == {"direct", "nginx", "sidecar", "nodeagent"}
+    assert set(paths) == {"direct", "nginx", "sidecar", "sidecar_asyncio", "nodeagent"}
     for path, by_conn in paths.items():
         assert set(by_conn) == {"1", "16"}
         for conns, run in by_conn.items():
@@ -55,12 +55,22 @@ def test_every_path_was_measured_with_positive_numbers_and_no_errors(lab):
             assert run["errors"] == 0, f"{path} at {conns} connections had errors: {run}"
 
 
+def test_idle_memory_is_read_for_each_helper_and_the_asyncio_loop_takes_less(lab):
+    _, results = lab
+    idle = results["scenarios"]["data_path"]["rss_mb_idle"]
+    assert set(idle) == {"sidecar", "sidecar_asyncio", "nodeagent", "nginx"}
+    assert all(value > 0 for value in idle.values()), idle
+    pytest.importorskip("uvloop", reason="without uvloop both sidecars run the same loop")
+    # uvloop loads libuv and OpenSSL; the asyncio loop needs neither.
+    assert idle["sidecar_asyncio"] < idle["sidecar"]
+
+
 def test_ratios_compare_every_path_with_nginx_from_the_same_run(lab):
     _, results = lab
     ratios = results["scenarios"]["data_path"]["ratios"]
     for conns in ("1", "16"):
         assert ratios["nginx"][conns]["rps"] == 1.0
-        for path in ("direct", "sidecar", "nodeagent"):
+        for path in ("direct", "sidecar", "sidecar_asyncio", "nodeagent"):
             assert ratios[path][conns]["rps"] > 0 and ratios[path][conns]["p99"] > 0
 
 
