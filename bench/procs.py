@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import IO
 
@@ -148,6 +149,13 @@ def _commit() -> str:
     return sha + ("-dirty" if status.strip() else "")
 
 
+def _package_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return ""
+
+
 def machine() -> dict:
     """What the numbers were measured on (the lab's Rule 1)."""
     model = ""
@@ -163,6 +171,10 @@ def machine() -> dict:
         "os": _os_name(),
         "kernel": platform.release(),
         "python": sys.version.split()[0],
+        # The libraries the helpers' data path runs on (uvloop: "" when absent, so asyncio's loop).
+        "aiohttp": _package_version("aiohttp"),
+        "uvloop": _package_version("uvloop"),
+        "grpcio": _package_version("grpcio"),
         "platform": sys.platform,
         "nginx": _first_line([nginx, "-v"], r"nginx/(\S+)"),
         "wrk": _first_line(["wrk", "-v"], r"wrk (\S+)"),

@@ -14,12 +14,21 @@ def caption(machine: dict[str, Any], quick: bool) -> str:
     parts = [
         f"{machine.get('cpu') or 'unknown CPU'}, {machine.get('cores')} cores, {machine.get('memory_gb')} GB",
         f"{machine.get('os')}, Linux {machine.get('kernel')}",
-        f"Python {machine.get('python')}, nginx {machine.get('nginx') or '?'}, wrk {machine.get('wrk') or '?'}",
+        f"Python {machine.get('python')}{_libraries(machine)}, nginx {machine.get('nginx') or '?'}, "
+        f"wrk {machine.get('wrk') or '?'}",
         f"commit {machine.get('commit') or '?'}",
         str(machine.get("date")),
     ]
     mode = "quick run (`make bench QUICK=1`)" if quick else "full run (`make bench`)"
     return f"*Measured on {'; '.join(parts)}; {mode}.*"
+
+
+def _libraries(machine: dict[str, Any]) -> str:
+    """" (aiohttp 3.x, uvloop 0.y)" for the helpers' libraries, if the run recorded them."""
+    if "aiohttp" not in machine:
+        return ""  # results from before these were recorded
+    loop = f"uvloop {machine['uvloop']}" if machine.get("uvloop") else "asyncio's own event loop"
+    return f" (aiohttp {machine['aiohttp']}, {loop})"
 
 
 def markdown_table(table: Table, caption_line: str) -> str:

@@ -1,7 +1,7 @@
 """Every scenario of the lab. Importing a module registers its scenario; this order is run order.
 
-To add one (config propagation, blast radius, rolling restart, noisy neighbour...): write
-bench/scenarios/<name>.py with a `@register`ed `Scenario` subclass and import it below.
+To add one, write bench/scenarios/<name>.py with a `@register`ed `Scenario` subclass and import
+it below.
 """
 
 # One import a line, in run order.

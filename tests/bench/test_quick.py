@@ -35,7 +35,7 @@ def test_results_json_records_the_machine_and_every_scenario(lab):
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"machine", "quick", "scenarios"}
     assert results["quick"] is True
-    for key in ("cpu", "cores", "python", "date", "nginx", "wrk"):
+    for key in ("cpu", "cores", "python", "aiohttp", "date", "nginx", "wrk"):
         assert results["machine"][key], f"machine.{key} is empty"
     assert set(results["scenarios"]) == {"data_path", "resource_cost"}
     for name, entry in results["scenarios"].items():
