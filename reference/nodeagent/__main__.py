@@ -57,9 +57,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--drain-grace", type=float, default=25.0,
                         help="on SIGTERM, seconds before requests still running are cut off")
+    # uvloop where installed: one agent per node carries every app's traffic, so its CPU per
+    # request counts more than the few MB uvloop adds to one process.
     parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="auto",
-                        help="uvloop: less CPU per request; asyncio: less memory; "
-                        "auto (default): uvloop if installed")
+                        help="auto (default): uvloop if installed; uvloop: less CPU per request; "
+                        "asyncio: about 6 MB less memory")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING...")
     args = parser.parse_args(argv)
     if not args.socket and args.grpc_port is None:
