@@ -39,11 +39,11 @@ class DataPath(Scenario):
             "connections": [1, 16],
             "seconds": 1 if quick else 5,
             "repeats": 1 if quick else 3,
-            "warmup_seconds": 1,
+            "warmup_seconds": 0 if quick else 1,  # a quick run is a smoke run, not a measurement
             "body_bytes": 1024,
             # Idle time after start-up before memory is read: past the settling that follows
             # a helper's first config, as a sidecar waiting for traffic would be.
-            "idle_seconds": 1 if quick else 2,
+            "idle_seconds": 0.5 if quick else 2,
         }
 
     def steps(self, settings: dict[str, Any]) -> int:
