@@ -30,6 +30,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import HttpVersion11, web
@@ -162,7 +163,7 @@ class _Connection(BaseProtocol):
 
     def data_received(self, data: bytes) -> None:
         parser = self._parser
-        if parser is None or self._closing and self._task is None:
+        if parser is None or (self._closing and self._task is None):
             return
         try:
             messages, upgraded, _ = parser.feed_data(data)
@@ -285,7 +286,7 @@ def _plain_bytes(status: int, text: str) -> bytes:
 
 def _reason(status: int) -> str:
     try:
-        return web.Response(status=status).reason
+        return HTTPStatus(status).phrase
     except ValueError:
         return "Unknown"
 

@@ -24,10 +24,11 @@ def event_loop_factory(choice: str = "auto") -> Callable[[], AbstractEventLoop] 
     """A loop factory for asyncio.Runner: uvloop's, or None for asyncio's own.
 
     "auto" takes uvloop where it is installed. Every request through a proxy costs a few socket
-    events and task steps; uvloop runs that loop in C (on libuv) instead of Python, which cut
-    a proxy's CPU time per request by up to a fifth in alternating runs in this project. It
-    also loads OpenSSL and libuv, about 6 MB more resident memory, so "asyncio" is there for
-    where memory counts more (the lab's data-path scenario measures both).
+    events and task steps; uvloop runs that loop in C (on libuv) instead of Python, so a proxy
+    spends less CPU per request. It also loads OpenSSL and libuv, so it takes more resident
+    memory, and "asyncio" is there for where memory counts more. The lab's data-path scenario
+    (`make bench`) measures both sides: the sidecar on each loop, its throughput, latency and
+    idle memory.
     """
     if choice not in EVENT_LOOPS:
         raise ValueError(f"event loop must be one of {', '.join(EVENT_LOOPS)}, not {choice!r}")
@@ -50,9 +51,10 @@ def settle_memory() -> None:
     """Once started: keep start-up objects out of garbage collection, give freed heap back.
 
     Also collects the young generation less often. A proxied request allocates a few hundred
-    short-lived containers, nearly all freed by reference counting at once; with the default
-    threshold a collection ran every couple of requests and cost a proxy about a tenth of its
-    CPU time. At 10,000 what waits for a collection stays around a megabyte.
+    short-lived containers, nearly all freed by reference counting at once, so with the default
+    threshold a collection ran every couple of requests and found next to nothing to free.
+    Collecting every GC_THRESHOLD allocations instead bounds what can wait for a collection
+    to that many objects.
     """
     # Imports leave a few hundred thousand objects that live as long as the process. Freezing
     # them spares every later full collection from walking them again.

@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     # request counts more than the few MB uvloop adds to one process.
     parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="auto",
                         help="auto (default): uvloop if installed; uvloop: less CPU per request; "
-                        "asyncio: about 6 MB less memory")
+                        "asyncio: less memory")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING...")
     args = parser.parse_args(argv)
     if not args.socket and args.grpc_port is None:

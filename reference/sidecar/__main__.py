@@ -68,9 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--drain-grace", type=float, default=25.0,
                         help="on SIGTERM, seconds before requests still running are cut off")
     # asyncio's own loop by default: a sidecar's memory is paid once per pod, and uvloop (with
-    # the OpenSSL it loads) adds about 6 MB to each. The lab's data path measures both.
+    # the OpenSSL it loads) adds to each. The lab's data path measures both.
     parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="asyncio",
-                        help="asyncio (default): about 6 MB less memory per sidecar; uvloop: "
+                        help="asyncio (default): less memory per sidecar; uvloop: "
                         "less CPU and latency per request; auto: uvloop if installed")
     parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING...")
     return parser
