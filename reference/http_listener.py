@@ -10,9 +10,13 @@ response. This listener keeps the parts that matter for safety and drops the res
   the request object has the attributes of `web.BaseRequest` that proxies read;
 - a `web.Response` the handler returns unprepared (the common case: a whole, small body) is
   written by this module in one `write`; a `web.StreamResponse` the handler prepared itself
-  (a streamed body) goes through aiohttp's writer as usual.
+  (a streamed body) goes through aiohttp's writer as usual;
+- an optional fast handler, a plain function, may take a request without a body and answer
+  it from callbacks, with no task and no coroutine: the task per request, and the event-loop
+  passes it costs to start and to resume, were most of a small proxied request's cost. What
+  it does not take, or hands back with `request.continue_with(...)`, the handler serves.
 
-    listener = ProxyListener(handler)
+    listener = ProxyListener(handler, fast=None)
     port = await listener.start("127.0.0.1", 0)
     ...
     await listener.stop_accepting()     # new connections refused, idle ones closed
@@ -38,12 +42,16 @@ from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http import HttpRequestParser, StreamWriter
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from multidict import CIMultiDict, CIMultiDictProxy
 
-__all__ = ["ProxyListener", "ProxyRequest", "drain_aware"]
+__all__ = ["FastHandler", "ProxyListener", "ProxyRequest", "drain_aware", "drain_aware_fast"]
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[["ProxyRequest"], Awaitable[web.StreamResponse]]
+# Takes a request (True) and later finishes it with request.respond() or .continue_with(),
+# or leaves it (False) to the handler.
+FastHandler = Callable[["ProxyRequest"], bool]
 
 READ_LIMIT = 2**16  # request body bytes buffered before the client's socket stops being read
 # Pipelined requests parsed ahead of the one being served; past this the socket stops being
@@ -58,18 +66,24 @@ NO_BODY = frozenset({204, 304})
 class _Date:
     """The Date field, formatted once a second rather than once a response."""
 
-    __slots__ = ("_second", "_value")
+    __slots__ = ("_second", "_value", "_encoded")
 
     def __init__(self) -> None:
         self._second = -1
         self._value = ""
+        self._encoded = b""
 
     def now(self) -> str:
         second = int(time.time())
         if second != self._second:
             self._second = second
             self._value = formatdate(second, usegmt=True)
+            self._encoded = self._value.encode("ascii")
         return self._value
+
+    def now_bytes(self) -> bytes:
+        self.now()
+        return self._encoded
 
 
 _date = _Date()
@@ -118,12 +132,25 @@ class ProxyRequest:
     async def _prepare_hook(self, response: web.StreamResponse) -> None:
         """Called by StreamResponse.prepare(); nothing to add here."""
 
+    # The two ways a fast handler that took this request finishes it; exactly one, once.
+    def respond(self, status: int, reason: str, fields: bytes, body: bytes) -> None:
+        """Answer now with a whole response, written in one piece.
+
+        `fields`: header lines, encoded, each ending in CRLF, without Connection; the listener
+        adds Connection, and Content-Length and Date where they are missing.
+        """
+        self._conn.finish_fast(self, status, reason, fields, body)
+
+    def continue_with(self, answer: Awaitable[web.StreamResponse]) -> None:
+        """Answer with what `answer` returns, served as a handler's response is."""
+        self._conn.continue_fast(self, answer)
+
 
 class _Connection(BaseProtocol):
     """One client connection: parses requests and serves them one after another."""
 
     __slots__ = ("listener", "remote", "idle_since", "_parser", "_queue", "_task", "_closing",
-                 "_paused_for_queue")
+                 "_paused_for_queue", "_fast", "_fast_done")
 
     def __init__(self, listener: ProxyListener, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop)
@@ -137,6 +164,8 @@ class _Connection(BaseProtocol):
         self._task: asyncio.Task[None] | None = None
         self._closing = False  # close once the response being served is out
         self._paused_for_queue = False
+        self._fast: ProxyRequest | None = None  # a request the fast handler is serving
+        self._fast_done: asyncio.Future[None] | None = None  # for cleanup() to wait on it
 
     # ----- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -163,7 +192,7 @@ class _Connection(BaseProtocol):
 
     def data_received(self, data: bytes) -> None:
         parser = self._parser
-        if parser is None or (self._closing and self._task is None):
+        if parser is None or (self._closing and not self.busy):
             return
         try:
             messages, upgraded, _ = parser.feed_data(data)
@@ -181,8 +210,8 @@ class _Connection(BaseProtocol):
             self._queue.append((message, payload))
         if upgraded:
             self._parser = None  # bytes after an upgrade request are not HTTP requests
-        if self._queue and self._task is None:
-            self._task = self._loop.create_task(self._serve())
+        if self._queue and self._task is None and self._fast is None:
+            self._next()
         if len(self._queue) > MAX_QUEUED and not self._paused_for_queue:
             self._paused_for_queue = True
             self.pause_reading()
@@ -190,11 +219,91 @@ class _Connection(BaseProtocol):
     def eof_received(self) -> bool:
         return False  # a half-closed client is closed; a request in progress learns it
 
+    @property
+    def busy(self) -> bool:
+        """Serving a request, on a task or on the fast handler."""
+        return self._task is not None or self._fast is not None
+
     def close(self) -> None:
         """Close after the response being served, or now if none is."""
         self._closing = True
-        if self._task is None and self.transport is not None:
+        if not self.busy and self.transport is not None:
             self.transport.close()
+
+    # ----- the fast lane -------------------------------------------------------------------------
+
+    def _next(self) -> None:
+        """Serve the queue's next request: on the fast handler if it takes it, else on a task."""
+        fast = self.listener.fast
+        queue = self._queue
+        if fast is not None and len(queue) == 1 and not self._closing:
+            message, payload = queue[0]
+            if (message is not None and not isinstance(message, _Rejected)
+                    and payload is EMPTY_PAYLOAD and "Expect" not in message.headers):
+                request = ProxyRequest(message, payload, self)
+                queue.popleft()
+                self._fast = request
+                try:
+                    taken = fast(request)
+                except Exception:
+                    # It may have sent the request on already: not to be served a second time.
+                    log.exception("fast handler failed for %s %s", message.method, message.path)
+                    if self._fast is request:
+                        self._closing = True
+                        self.finish_fast(request, 500, "Internal Server Error",
+                                         b"Content-Type: text/plain; charset=utf-8\r\n",
+                                         b"internal error in the proxy\n")
+                    return
+                if taken:
+                    return
+                # Not taken: the handler serves it on a task, as it serves everything else.
+                self._fast = None
+                queue.appendleft((message, payload))
+        self._task = self._loop.create_task(self._serve())
+
+    def finish_fast(self, request: ProxyRequest, status: int, reason: str, fields: bytes,
+                    body: bytes) -> None:
+        if self._fast is not request:
+            raise RuntimeError("this request was answered already")
+        transport = self.transport
+        if transport is not None:
+            keep_alive = request.keep_alive and not self.listener.closing
+            transport.write(_serialise_raw(request, status, reason, fields, body, keep_alive))
+            if not keep_alive:
+                self._closing = True
+        self._fast_finished()
+
+    def continue_fast(self, request: ProxyRequest, answer: Awaitable[web.StreamResponse]) -> None:
+        if self._fast is not request:
+            raise RuntimeError("this request was answered already")
+        self._task = self._loop.create_task(self._serve(request, answer))
+        self._fast = None
+        self._wake_cleanup()
+
+    def _fast_finished(self) -> None:
+        self._fast = None
+        self._wake_cleanup()
+        self.idle_since = self._loop.time()
+        if self._closing:
+            if self.transport is not None:
+                self.transport.close()
+        elif self._queue and self.transport is not None:
+            self._next()
+
+    def _wake_cleanup(self) -> None:
+        done, self._fast_done = self._fast_done, None
+        if done is not None and not done.done():
+            done.set_result(None)
+
+    def wait_idle(self) -> Awaitable[None]:
+        """An awaitable that is done once the request being served is answered."""
+        if self._task is not None:
+            return self._task
+        if self._fast_done is None:
+            self._fast_done = self._loop.create_future()
+        if self._fast is None:
+            self._fast_done.set_result(None)
+        return self._fast_done
 
     # ----- serving -------------------------------------------------------------------------------
 
@@ -202,15 +311,23 @@ class _Connection(BaseProtocol):
         """Answer a request that could not be parsed, then close: the stream is out of sync."""
         self._parser = None
         self._closing = True
-        if self._task is None and self.transport is not None:
+        if not self.busy and self.transport is not None:
             self.transport.write(_plain_bytes(status, reason))
             self.transport.close()
         else:
             self._queue.append((_Rejected(status, reason), EMPTY_PAYLOAD))
 
-    async def _serve(self) -> None:
+    async def _serve(self, first: ProxyRequest | None = None,
+                     answer: Awaitable[web.StreamResponse] | None = None) -> None:
         queue = self._queue
         try:
+            if first is not None:
+                # A request the fast handler started and handed over: its answer comes first.
+                await self._serve_one(first, first.content, answer)
+                if self._closing:
+                    if self.transport is not None:
+                        self.transport.close()
+                    return
             while queue and self.transport is not None:
                 message, payload = queue.popleft()
                 if self._paused_for_queue and len(queue) <= MAX_QUEUED // 2:
@@ -237,13 +354,14 @@ class _Connection(BaseProtocol):
         self._closing = True
         return True
 
-    async def _serve_one(self, request: ProxyRequest, payload: StreamReader) -> None:
-        if (request.version >= HttpVersion11
-                and request.headers.get("Expect", "").lower() == "100-continue"):
+    async def _serve_one(self, request: ProxyRequest, payload: StreamReader,
+                         answer: Awaitable[web.StreamResponse] | None = None) -> None:
+        if answer is None and (request.version >= HttpVersion11
+                               and request.headers.get("Expect", "").lower() == "100-continue"):
             # The body is read (and forwarded) only once this arrives at the client.
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
         try:
-            response = await self.listener.handler(request)
+            response = await (self.listener.handler(request) if answer is None else answer)
         except asyncio.CancelledError:
             if self.transport is not None:
                 self.transport.abort()  # cut off mid-request: the client must not wait on it
@@ -293,26 +411,51 @@ def _reason(status: int) -> str:
 
 def _response_bytes(request: ProxyRequest, response: web.Response, keep_alive: bool) -> bytes:
     """The whole response as one buffer: status line, fields, body."""
-    status = response.status
     body = response.body or b""
     if not isinstance(body, (bytes, bytearray)):
         raise TypeError(f"a response body of type {type(body).__name__} must be streamed")
-    headers = response.headers
-    lines = [f"HTTP/1.1 {status} {response.reason}"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
+    return _serialise(request, response.status, response.reason, response.headers, body,
+                      keep_alive)
+
+
+def _serialise(request: ProxyRequest, status: int, reason: str,
+               headers: CIMultiDict[str] | CIMultiDictProxy[str], body: bytes,
+               keep_alive: bool) -> bytes:
+    """Status line, fields (with Content-Length, Date and Connection where needed), body."""
+    head = f"HTTP/1.1 {status} {reason}\r\n" + "".join(
+        [f"{name}: {value}\r\n" for name, value in headers.items()])
     bodiless = status in NO_BODY or 100 <= status < 200
     if not bodiless and "Content-Length" not in headers:
         # A given Content-Length stays as it is: the answer to a HEAD request announces the
         # length a GET would have had, with no body.
-        lines.append(f"Content-Length: {len(body)}")
+        head += f"Content-Length: {len(body)}\r\n"
     if "Date" not in headers:
-        lines.append(f"Date: {_date.now()}")
+        head += f"Date: {_date.now()}\r\n"
     if not keep_alive:
         if "Connection" not in headers:  # a draining listener's answer names it already
-            lines.append("Connection: close")
+            head += "Connection: close\r\n"
     elif request.version < HttpVersion11:
-        lines.append("Connection: keep-alive")
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
+        head += "Connection: keep-alive\r\n"
+    data = (head + "\r\n").encode("utf-8", "surrogateescape")
+    if bodiless or request.method == "HEAD":
+        return data
+    return data + body
+
+
+def _serialise_raw(request: ProxyRequest, status: int, reason: str, fields: bytes, body: bytes,
+                   keep_alive: bool) -> bytes:
+    """_serialise() for fields already encoded, as ProxyRequest.respond() takes them."""
+    lowered = b"\n" + fields.lower()  # so each name is found at the start of its line
+    bodiless = status in NO_BODY or 100 <= status < 200
+    if not bodiless and b"\ncontent-length:" not in lowered:
+        fields += b"Content-Length: %d\r\n" % len(body)
+    if b"\ndate:" not in lowered:
+        fields += b"Date: %s\r\n" % _date.now_bytes()
+    if not keep_alive:
+        fields += b"Connection: close\r\n"
+    elif request.version < HttpVersion11:
+        fields += b"Connection: keep-alive\r\n"
+    head = b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason.encode("latin-1", "replace"), fields)
     if bodiless or request.method == "HEAD":
         return head
     return head + body
@@ -331,9 +474,11 @@ class _Site:
 class ProxyListener:
     """A TCP listener serving every request with one handler, on `_Connection`s."""
 
-    def __init__(self, handler: Handler, *, keep_alive_timeout: float = KEEP_ALIVE_TIMEOUT,
+    def __init__(self, handler: Handler, *, fast: FastHandler | None = None,
+                 keep_alive_timeout: float = KEEP_ALIVE_TIMEOUT,
                  shutdown_timeout: float = 1.0) -> None:
         self.handler = handler
+        self.fast = fast
         self.keep_alive_timeout = keep_alive_timeout
         # cleanup() waits this long for requests in flight before it cuts them off.
         self.shutdown_timeout = shutdown_timeout
@@ -366,7 +511,7 @@ class ProxyListener:
         loop = asyncio.get_running_loop()
         oldest_allowed = loop.time() - self.keep_alive_timeout
         for conn in list(self.connections):
-            if conn._task is None and conn.idle_since < oldest_allowed and conn.transport:
+            if not conn.busy and conn.idle_since < oldest_allowed and conn.transport:
                 conn.transport.close()
         self._sweeper = loop.call_later(self.keep_alive_timeout / 2, self._sweep)
 
@@ -388,7 +533,7 @@ class ProxyListener:
     async def cleanup(self) -> None:
         """Stop accepting, let requests in flight finish within shutdown_timeout, close the rest."""
         await self.stop_accepting()
-        busy = [conn._task for conn in self.connections if conn._task is not None]
+        busy = [conn.wait_idle() for conn in self.connections if conn.busy]
         if busy:
             await asyncio.wait(busy, timeout=self.shutdown_timeout)
         await self.close()
@@ -425,3 +570,17 @@ def drain_aware(drain: Any, handler: Handler) -> Handler:
         return response
 
     return handle
+
+
+def drain_aware_fast(drain: Any, fast: FastHandler) -> FastHandler:
+    """Wrap a fast handler so that, once `drain` (a DrainController) drains, it takes nothing.
+
+    Requests then go to the handler wrapped by drain_aware(), which counts them and closes
+    keep-alive connections. Fast requests already in flight when the drain starts are not
+    counted by it: the listener's cleanup() waits for them, within its shutdown_timeout.
+    """
+
+    def serve(request: ProxyRequest) -> bool:
+        return not drain.draining and fast(request)
+
+    return serve

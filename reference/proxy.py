@@ -6,15 +6,17 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import HttpVersion, HttpVersion10, HttpVersion11, web
+from aiohttp.streams import EMPTY_PAYLOAD
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from reference.breaker import CircuitBreaker, CircuitOpenError, State
+from reference.breaker import CircuitBreaker, CircuitOpenError, Permit, State
 from reference.hop_by_hop import ALWAYS_HOP_BY_HOP, connection_options
+from reference.http_listener import ProxyRequest
 from reference.proxy_config import BreakerSettings, ProxyConfig, parse_endpoint
 from reference.upstream_pool import (
     RequestBodyError,
@@ -175,6 +177,37 @@ def response_headers(response: UpstreamResponse) -> CIMultiDict[str]:
 # --8<-- [end:headers]
 
 
+# --8<-- [start:raw]
+# The fast lane applies the same rules to the fields as they came off the wire: bytes, no
+# decoding, no multidict copy, one pass. What one pass cannot settle (a Connection field that
+# names other fields) is left to the functions above, on the slow lane.
+_REQUEST_DROPPED_RAW = frozenset(name.encode() for name in REQUEST_DROPPED)
+_RESPONSE_DROPPED_RAW = frozenset(name.encode() for name in RESPONSE_DROPPED)
+_PLAIN_CONNECTION_RAW = frozenset(value.encode() for value in PLAIN_CONNECTION)
+_VIA_RAW = {version: f"Via: {via}\r\n".encode() for version, via in _VIA.items()}
+
+
+def raw_end_to_end(raw_headers: Iterable[tuple[bytes, bytes]], dropped: frozenset[bytes],
+                   version: HttpVersion) -> bytes | None:
+    """End-to-end fields plus Via, as encoded header lines; None where the slow lane must decide."""
+    lines = []
+    for name, value in raw_headers:
+        lowered = name.lower()
+        if lowered in dropped:
+            if lowered == b"connection" and value.lower() not in _PLAIN_CONNECTION_RAW:
+                return None  # it names fields to drop as well
+            continue
+        lines.append(b"%s: %s\r\n" % (name, value))
+    lines.append(_VIA_RAW.get(version) or f"Via: {_via(version)}\r\n".encode())
+    fields = b"".join(lines)
+    # The parser refuses CR and LF inside fields; checked again, as _request_head does, so the
+    # guarantee against injected lines does not rest on the parser alone.
+    if fields.count(b"\n") != len(lines) or fields.count(b"\r") != len(lines):
+        return None
+    return fields
+# --8<-- [end:raw]
+
+
 class BodyTooLarge(Exception):
     """The request body grew past max_body_bytes while it was streaming."""
 
@@ -255,6 +288,13 @@ async def relay(request: web.BaseRequest, upstream: UpstreamResponse) -> web.Str
         return response
     await response.write_eof()
     return response
+
+
+async def _outcome(result: UpstreamResponse | UpstreamError) -> UpstreamResponse:
+    """A try's outcome, known already, as the awaitable _exchange expects of a try."""
+    if isinstance(result, UpstreamError):
+        raise result
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -562,57 +602,172 @@ class OutboundProxy:
         target = self._target(settings, host_field)
         if target is None:
             return _plain(404, f"no route for host {host_field!r}\n")
-        upstream = target.fixed
-        if upstream is None:
-            try:
-                destination = target.table.route(  # type: ignore[union-attr]
-                    path if target.by_path else "/",
-                    request.headers if target.by_headers else None,
-                )
-            except NoRouteError:
-                return _plain(404, f"no route for {host_field!r} {path}\n")
-            upstream = settings.upstreams[destination]
+        try:
+            upstream = self._upstream(settings, target, path, request.headers)
+        except NoRouteError:
+            return _plain(404, f"no route for {host_field!r} {path}\n")
         config = settings.config
         length = request.content_length
         if length is not None and length > config.max_body_bytes:
             return _plain(413, f"request body over {config.max_body_bytes} bytes\n", close=True)
-        if self._duration is None:
-            return await self._exchange(request, path, upstream, settings)
+        return await self._exchange(request, path, upstream, settings, self._clock())
+    # --8<-- [end:handle]
+
+    @staticmethod
+    def _upstream(settings: _Settings, target: _Target, path: str,
+                  headers: CIMultiDictProxy[str]) -> Upstream:
+        """The upstream `target` leads to for this request; raises NoRouteError."""
+        if target.fixed is not None:
+            return target.fixed
+        destination = target.table.route(  # type: ignore[union-attr]
+            path if target.by_path else "/", headers if target.by_headers else None)
+        return settings.upstreams[destination]
+
+    # --8<-- [start:nowait]
+    def handle_nowait(self, request: ProxyRequest) -> bool:
+        """The fast lane, a ProxyListener fast handler: forward the common request by callbacks.
+
+        Takes a request without a body, in origin-form, for a known host, when an idle
+        keep-alive connection to the upstream is ready; answers it in the event-loop pass that
+        reads the upstream's response, when that response is whole and small and not to be
+        retried. Anything else on the way (a retry, a timeout, a streamed body, no idle
+        connection) goes on in `_exchange`, from where the fast lane stopped: one set of rules.
+        """
+        settings = self._settings
+        headers = request.headers
+        path = request.raw_path
+        if (settings is None or "Content-Length" in headers or "Transfer-Encoding" in headers
+                or not path.startswith("/")):
+            return False  # the framing checks, absolute-form and the 503 live in handle()
+        host_field = headers.get("Host")
+        fields = raw_end_to_end(request.raw_headers, _REQUEST_DROPPED_RAW, request.version)
+        if host_field is None or fields is None:
+            return False
+        target = self._target(settings, host_field)
+        if target is None:
+            return False
+        try:
+            upstream = self._upstream(settings, target, path, headers)
+        except NoRouteError:
+            return False
+        # Routed: from here on the request is taken, so the route table is not asked twice.
+        self.requests += 1
         started = self._clock()
         try:
-            return await self._exchange(request, path, upstream, settings)
-        finally:
+            permit = upstream.breaker.acquire()
+        except CircuitOpenError:
+            request.continue_with(self._exchange(request, path, upstream, settings, started))
+            return True
+        upstream.requests += 1
+        host, port = upstream.next_address()
+        method = request.method
+
+        def on_response(result: UpstreamResponse | UpstreamError | None) -> None:
+            if result is None:
+                # The keep-alive race: nothing came back, so send once more on a new connection.
+                first = self._pool.request(host, port, method, path,
+                                           request_headers(request, forwarded_for=False),
+                                           timeout=settings.first_timeout)
+            elif isinstance(result, UpstreamResponse) and self._finish_nowait(
+                    request, upstream, permit, result, started):
+                return
+            else:
+                first = _outcome(result)
+            request.continue_with(
+                self._exchange(request, path, upstream, settings, started, (permit, first)))
+
+        head = b"%s %s HTTP/1.1\r\n%s\r\n" % (method.encode(),
+                                               path.encode("utf-8", "surrogateescape"), fields)
+        if self._pool.send_nowait(host, port, method, head, on_response,
+                                  timeout=settings.first_timeout):
+            return True
+        # No idle connection: connecting takes awaiting, so the try goes on in a task.
+        first = self._pool.request(host, port, method, path,
+                                   request_headers(request, forwarded_for=False),
+                                   timeout=settings.first_timeout)
+        request.continue_with(
+            self._exchange(request, path, upstream, settings, started, (permit, first)))
+        return True
+
+    def _finish_nowait(self, request: ProxyRequest, upstream: Upstream, permit: Permit,
+                       response: UpstreamResponse, started: float) -> bool:
+        """Answer from `response` if it is final and whole already; else False, nothing done."""
+        status = response.status
+        content = response.content
+        if (status in RETRY_STATUSES and request.method in IDEMPOTENT_METHODS
+                and self._settings is not None and self._settings.config.retries.attempts):
+            return False  # to be retried: _exchange decides, with its backoff and deadline
+        if request.method == "HEAD" or content is EMPTY_PAYLOAD:
+            body = b""
+        elif content.is_eof() and content.exception() is None:
+            body = content.read_nowait()
+        else:
+            return False  # the body is still on its way, or large: relay() streams it
+        fields = raw_end_to_end(response.raw_headers, _RESPONSE_DROPPED_RAW, response.version)
+        if fields is None:
+            return False
+        self._settle(upstream, permit, status)
+        response.release()
+        if self._duration is not None:
             self._duration.observe(self._clock() - started)
-    # --8<-- [end:handle]
+        request.respond(status, response.reason, fields, body)
+        return True
+    # --8<-- [end:nowait]
+
+    def _settle(self, upstream: Upstream, permit: Permit, status: int) -> None:
+        """The breaker's verdict on a response, and the counters of what the client gets."""
+        if status >= 500:
+            upstream.breaker.record_failure(permit)
+            upstream.failures += 1
+            self.failures += 1
+        else:
+            upstream.breaker.record_success(permit)
+        self.responses[status] = self.responses.get(status, 0) + 1
 
     # --8<-- [start:exchange]
     async def _exchange(self, request: web.BaseRequest, path: str, upstream: Upstream,
-                        settings: _Settings) -> web.StreamResponse:
+                        settings: _Settings, started: float,
+                        first: tuple[Permit, Awaitable[UpstreamResponse]] | None = None,
+                        ) -> web.StreamResponse:
+        """Send, retry and relay; `first`: a try the fast lane began, with its permit."""
+        try:
+            return await self._tries(request, path, upstream, settings, started, first)
+        finally:
+            if self._duration is not None:
+                self._duration.observe(self._clock() - started)
+
+    async def _tries(self, request: web.BaseRequest, path: str, upstream: Upstream,
+                     settings: _Settings, started: float,
+                     first: tuple[Permit, Awaitable[UpstreamResponse]] | None,
+                     ) -> web.StreamResponse:
         config = settings.config
         retries = config.retries
         method = request.method
-        headers = request_headers(request, forwarded_for=False)
+        headers = request_headers(request, forwarded_for=False) if first is None else ()
         body = _RequestBody(request.content, config.max_body_bytes) if request.body_exists else None
         budget = retries.attempts if method in IDEMPOTENT_METHODS else 0
-        deadline = 0.0
+        deadline = started + config.timeout_seconds
         timeout = settings.first_timeout
         attempt = 0
         while True:
-            try:
-                permit = upstream.breaker.acquire()
-            except CircuitOpenError as error:
-                return self._breaker_open(upstream, error)
-            upstream.requests += 1
-            if attempt == 0 and budget:
-                deadline = self._clock() + config.timeout_seconds
+            if first is not None:
+                permit, sending = first
+                first = None
+            else:
+                try:
+                    permit = upstream.breaker.acquire()
+                except CircuitOpenError as error:
+                    return self._breaker_open(upstream, error)
+                upstream.requests += 1
+                host, port = upstream.next_address()
+                if not headers:
+                    headers = request_headers(request, forwarded_for=False)
+                sending = self._pool.request(host, port, method, path, headers,
+                                             None if body is None else body.chunks(),
+                                             timeout=timeout)
             failure: web.Response | None = None
-            host, port = upstream.next_address()
             try:
-                response = await self._pool.request(
-                    host, port, method, path, headers,
-                    None if body is None else body.chunks(),
-                    timeout=timeout,
-                )
+                response = await sending
             except asyncio.CancelledError:
                 # The client went away: that says nothing about the upstream's health.
                 upstream.breaker.release(permit)
@@ -632,19 +787,13 @@ class OutboundProxy:
                     budget = 0  # a malformed response will be malformed again
             else:
                 status = response.status
-                if status >= 500:
-                    upstream.breaker.record_failure(permit)
-                else:
-                    upstream.breaker.record_success(permit)
                 if not (status in RETRY_STATUSES and self._may_retry(attempt, budget, body)):
-                    if status >= 500:
-                        upstream.failures += 1
-                        self.failures += 1
-                    self.responses[status] = self.responses.get(status, 0) + 1
+                    self._settle(upstream, permit, status)
                     try:
                         return await relay(request, response)
                     finally:
                         response.release()
+                upstream.breaker.record_failure(permit)
                 response.release()
             if failure is not None and not self._may_retry(attempt, budget, body):
                 upstream.failures += 1

@@ -18,7 +18,7 @@ C), which knows Content-Length, chunked, close-delimited, and HEAD/1xx/204/304 w
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable, Callable, Sequence
 from typing import Any
 
 from aiohttp.base_protocol import BaseProtocol
@@ -123,6 +123,31 @@ class UpstreamResponse:
             conn.abort()
 
 
+class _Callback:
+    """Stands in for the Future an exchange's head is awaited on, calling `fn` at once instead.
+
+    A Future's callbacks run on the event loop's next pass; this runs inside data_received,
+    so a proxy can answer its client in the same pass that read the upstream's response.
+    """
+
+    __slots__ = ("_fn", "_done")
+
+    def __init__(self, fn: Callable[[Any], None]) -> None:
+        self._fn = fn
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, message: Any) -> None:
+        self._done = True
+        self._fn(None)
+
+    def set_exception(self, error: BaseException) -> None:
+        self._done = True
+        self._fn(error)
+
+
 class _Connection(BaseProtocol):
     """One TCP connection; carries one exchange at a time, then waits in its pool."""
 
@@ -152,6 +177,12 @@ class _Connection(BaseProtocol):
 
     # ----- asyncio.Protocol ----------------------------------------------------------------------
 
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        # aiohttp's StreamReader calls this after every read below its low-water mark, paused
+        # or not; unpaused, there is nothing to resume (and nothing is kept back to parse).
+        if self._reading_paused:
+            super().resume_reading(resume_parser)
+
     def data_received(self, data: bytes) -> None:
         if not data:
             # aiohttp's resume_reading() calls this with b"" so that a protocol which buffered
@@ -168,6 +199,7 @@ class _Connection(BaseProtocol):
         except Exception as error:
             self._fail(UpstreamProtocolError(f"malformed response: {error}", received=True))
             return
+        arrived = None
         for message, payload in messages:
             if self._message is not None or upgraded or message.upgrade:
                 # A second response to one request, or a protocol switch nobody asked for.
@@ -175,12 +207,15 @@ class _Connection(BaseProtocol):
                 return
             if 100 <= message.code < 200:
                 continue  # interim responses (100 Continue, 103 Early Hints) are not forwarded
-            self._message = message
+            self._message = arrived = message
             self._keep_alive = not message.should_close
             self._payload = payload
-            head = self._head
-            if head is not None and not head.done():
-                head.set_result(message)
+        head = self._head
+        # Told only once the whole chunk is parsed: a waiter that runs at once (send_nowait's
+        # callback) then sees every body byte that came with the head, and a second response
+        # in the same chunk has already failed the exchange.
+        if arrived is not None and head is not None and not head.done():
+            head.set_result(arrived)
 
     def eof_received(self) -> bool:
         return False  # close our side too; connection_lost() finishes the exchange
@@ -211,7 +246,8 @@ class _Connection(BaseProtocol):
 
     # ----- one exchange --------------------------------------------------------------------------
 
-    def start(self, skip_body: bool, deadline: float | None) -> asyncio.Future[Any]:
+    def start(self, skip_body: bool, deadline: float | None,
+              waiter: asyncio.Future[Any] | _Callback | None = None) -> asyncio.Future[Any] | _Callback:
         loop = self._loop
         if self._parser is None or self._skips_body != skip_body:
             # One parser serves every exchange of the connection: a keep-alive response ends
@@ -226,7 +262,7 @@ class _Connection(BaseProtocol):
                 payload_exception=UpstreamProtocolError,
             )
             self._skips_body = skip_body
-        self._head = head = loop.create_future()
+        self._head = head = loop.create_future() if waiter is None else waiter
         self._message = None
         self._payload = None
         self.received = False
@@ -379,6 +415,51 @@ class UpstreamPool:
         return await self._exchange(conn, head, chunked, method, body, deadline)
     # --8<-- [end:request]
 
+    # --8<-- [start:send_nowait]
+    def send_nowait(
+        self,
+        host: str,
+        port: int,
+        method: str,
+        head: bytes,
+        callback: Callable[[UpstreamResponse | UpstreamError | None], None],
+        *,
+        timeout: float | None = None,
+    ) -> bool:
+        """Send a request without a body on an idle connection, without awaiting anything.
+
+        `head` is the request as it goes out: request line and fields, encoded, ending in the
+        empty line; the caller has checked it (request() builds and checks its own).
+
+        Returns False, having sent nothing, when no idle connection to `host:port` is ready:
+        making one must be awaited, so use request(). Otherwise `callback` is called once,
+        later, from the event loop, with one of:
+
+        - the UpstreamResponse, as soon as its head arrived (its body may still be on the way);
+        - the UpstreamError that ended the exchange;
+        - None: the reused connection broke before any answer, the keep-alive race that
+          request() handles by sending once more on a new connection. Only for idempotent
+          methods; for the others it is an UpstreamError like any other.
+        """
+        conn = self._idle_connection(host, port)
+        if conn is None:
+            return False
+        loop = conn._loop
+        deadline = None if timeout is None else loop.time() + timeout
+
+        def done(error: UpstreamError | None) -> None:
+            if error is None:
+                callback(conn.response())
+            elif not error.received and method in IDEMPOTENT_METHODS:
+                callback(None)  # conn came from the pool, so it is a reused one
+            else:
+                callback(error)
+
+        conn.start(method == "HEAD", deadline, _Callback(done))
+        conn.transport.write(head)  # type: ignore[union-attr]  (usable: it has one)
+        return True
+    # --8<-- [end:send_nowait]
+
     async def _exchange(self, conn: _Connection, head: bytes, chunked: bool, method: str,
                         body: bytes | AsyncIterable[bytes] | None,
                         deadline: float | None) -> UpstreamResponse:
@@ -495,31 +576,30 @@ class UpstreamPool:
 def _request_head(method: str, target: str, headers: Sequence[tuple[str, str]], host: str,
                   port: int, body: object) -> tuple[bytes, bool]:
     """The request line and fields, and whether the body goes out chunked."""
-    lines = [f"{method} {target} HTTP/1.1"]
-    lines += [f"{name}: {value}" for name, value in headers]
+    lines = [f"{name}: {value}\r\n" for name, value in headers]
     names = {name.lower() for name, _ in headers}
     if "host" not in names:
-        lines.append(f"Host: [{host}]:{port}" if ":" in host else f"Host: {host}:{port}")
+        lines.append(f"Host: [{host}]:{port}\r\n" if ":" in host else f"Host: {host}:{port}\r\n")
     chunked = "transfer-encoding" in names
     if "content-length" not in names and not chunked:
         if body is None:
             if method in BODY_METHODS:
-                lines.append("Content-Length: 0")
+                lines.append("Content-Length: 0\r\n")
         elif isinstance(body, bytes):
-            lines.append(f"Content-Length: {len(body)}")
+            lines.append(f"Content-Length: {len(body)}\r\n")
         else:
-            lines.append("Transfer-Encoding: chunked")
+            lines.append("Transfer-Encoding: chunked\r\n")
             chunked = True
-    text = "\r\n".join(lines)
+    text = f"{method} {target} HTTP/1.1\r\n{''.join(lines)}\r\n"
     # A CR or LF inside a name, value or target would end the line early and let the rest pose
-    # as fields of its own (header injection); the only ones allowed are the separators.
-    separators = len(lines) - 1
-    if text.count("\n") != separators or text.count("\r") != separators or " " in method:
+    # as fields of its own (header injection); the only ones allowed are the line ends.
+    line_ends = len(lines) + 2
+    if text.count("\n") != line_ends or text.count("\r") != line_ends or " " in method:
         raise ValueError("CR or LF in the request line or a header field")
     if target.count(" ") or not target:
         raise ValueError(f"invalid request target {target!r}")
     # surrogateescape gives back exactly the bytes aiohttp's server decoded.
-    return (text + "\r\n\r\n").encode("utf-8", "surrogateescape"), chunked
+    return text.encode("utf-8", "surrogateescape"), chunked
 
 
 async def _send_body(conn: _Connection, chunks: AsyncIterable[bytes], chunked: bool) -> None:

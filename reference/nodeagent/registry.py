@@ -12,7 +12,7 @@ import aiohttp
 from reference.config_sync import Snapshot
 from reference.controlplane.names import check_service_name
 from reference.drain import DrainController
-from reference.http_listener import ProxyListener, drain_aware
+from reference.http_listener import ProxyListener, drain_aware, drain_aware_fast
 from reference.metrics import Registry
 from reference.nodeagent.configs import ServiceConfigs
 from reference.proxy import OutboundProxy
@@ -208,6 +208,7 @@ class AppRegistry:
         # can drain them all with a single delay and grace period. Its /healthz and /readyz
         # live on the admin listener, not here, where they would shadow upstream paths.
         return ProxyListener(drain_aware(self._drain, proxy.handle),
+                             fast=drain_aware_fast(self._drain, proxy.handle_nowait),
                              shutdown_timeout=DEREGISTER_GRACE)
 
     # --8<-- [start:fanout]

@@ -155,7 +155,8 @@ def create_outbound_server(sidecar: Sidecar) -> ProxyListener:
     # The proxy exists once lifecycle() ran (serve() starts the admin listener first); its
     # handler is then served directly, without a delegating call per request.
     handler = sidecar.handle_outbound if sidecar.outbound is None else sidecar.outbound.handle
-    return ProxyListener(handler, shutdown_timeout=UNWIND_TIMEOUT)
+    fast = None if sidecar.outbound is None else sidecar.outbound.handle_nowait
+    return ProxyListener(handler, fast=fast, shutdown_timeout=UNWIND_TIMEOUT)
 
 
 def create_admin_app(sidecar: Sidecar) -> web.Application:
