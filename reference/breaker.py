@@ -29,6 +29,11 @@ class State(enum.Enum):
     HALF_OPEN = "half_open"  # a few trial calls probe whether the upstream has recovered
 
 
+# The members again, as plain module names for the code that runs on every call: on Python
+# 3.11, each `State.OPEN` is an enum attribute lookup that costs as much as a function call.
+_CLOSED, _OPEN, _HALF_OPEN = State.CLOSED, State.OPEN, State.HALF_OPEN
+
+
 class CircuitOpenError(Exception):
     """Raised instead of calling the upstream while the breaker rejects calls."""
 
@@ -151,12 +156,13 @@ class CircuitBreaker:
         """Admit one call and return its permit, or raise CircuitOpenError without calling."""
         try:
             with self._lock:
-                self._refresh()
+                if self._state is _OPEN:
+                    self._refresh()
                 now = self._clock()
-                if self._state is State.OPEN:
+                if self._state is _OPEN:
                     remaining = self._opened_at + self.recovery_timeout - now
                     raise CircuitOpenError(State.OPEN, max(0.0, remaining))
-                if self._state is State.HALF_OPEN:
+                if self._state is _HALF_OPEN:
                     # Only K trials at once: a recovering upstream must not be hit by the
                     # whole backlog the moment the timer fires.
                     if self._trials_in_flight >= self.half_open_max_calls:
@@ -164,7 +170,8 @@ class CircuitBreaker:
                     self._trials_in_flight += 1
                 return Permit(self._generation, now)
         finally:
-            self._notify()  # the open -> half-open move above may have happened
+            if self._pending:
+                self._notify()  # the open -> half-open move above may have happened
 
     # --8<-- [end:acquire]
 
@@ -244,7 +251,7 @@ class CircuitBreaker:
             if duration is None:
                 duration = now - permit.started
             slow = self.slow_call_duration is not None and duration > self.slow_call_duration
-            if self._state is State.HALF_OPEN:
+            if self._state is _HALF_OPEN:
                 self._trials_in_flight -= 1
                 if failed is None:
                     pass
@@ -258,7 +265,8 @@ class CircuitBreaker:
                         self._transition(State.CLOSED, now)
             elif failed is not None:
                 self._count_closed_outcome(failed, slow, now)
-        self._notify()
+        if self._pending:
+            self._notify()
 
     def _count_closed_outcome(self, failed: bool, slow: bool, now: float) -> None:
         if self._window is None:
@@ -291,7 +299,7 @@ class CircuitBreaker:
     def _refresh(self) -> None:
         # No timer thread or task: the open -> half-open move happens the next time anybody
         # asks, which works the same from threads and from any event loop.
-        if self._state is State.OPEN:
+        if self._state is _OPEN:
             now = self._clock()
             if now - self._opened_at >= self.recovery_timeout:
                 self._transition(State.HALF_OPEN, now)
@@ -299,7 +307,7 @@ class CircuitBreaker:
     def _transition(self, new: State, now: float) -> None:
         old, self._state = self._state, new
         self._generation += 1
-        if new is State.OPEN:
+        if new is _OPEN:
             self._opened_at = now
         # Every state starts from a clean slate, as in resilience4j: a breaker that closes
         # again must not reopen on failures counted before it opened.

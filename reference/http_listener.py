@@ -82,7 +82,8 @@ class _Date:
         return self._value
 
     def now_bytes(self) -> bytes:
-        self.now()
+        if int(time.time()) != self._second:
+            self.now()
         return self._encoded
 
 
@@ -282,7 +283,8 @@ class _Connection(BaseProtocol):
 
     def _fast_finished(self) -> None:
         self._fast = None
-        self._wake_cleanup()
+        if self._fast_done is not None:
+            self._wake_cleanup()
         self.idle_since = self._loop.time()
         if self._closing:
             if self.transport is not None:

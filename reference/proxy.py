@@ -183,28 +183,41 @@ def response_headers(response: UpstreamResponse) -> CIMultiDict[str]:
 # names other fields) is left to the functions above, on the slow lane.
 _REQUEST_DROPPED_RAW = frozenset(name.encode() for name in REQUEST_DROPPED)
 _RESPONSE_DROPPED_RAW = frozenset(name.encode() for name in RESPONSE_DROPPED)
-_PLAIN_CONNECTION_RAW = frozenset(value.encode() for value in PLAIN_CONNECTION)
 _VIA_RAW = {version: f"Via: {via}\r\n".encode() for version, via in _VIA.items()}
 
 
-def raw_end_to_end(raw_headers: Iterable[tuple[bytes, bytes]], dropped: frozenset[bytes],
-                   version: HttpVersion) -> bytes | None:
-    """End-to-end fields plus Via, as encoded header lines; None where the slow lane must decide."""
-    lines = []
-    for name, value in raw_headers:
-        lowered = name.lower()
-        if lowered in dropped:
-            if lowered == b"connection" and value.lower() not in _PLAIN_CONNECTION_RAW:
-                return None  # it names fields to drop as well
-            continue
-        lines.append(b"%s: %s\r\n" % (name, value))
+def raw_end_to_end(headers: CIMultiDictProxy[str], raw_headers: tuple[tuple[bytes, bytes], ...],
+                   dropped: frozenset[bytes], version: HttpVersion) -> bytes | None:
+    """End-to-end fields plus Via, as encoded header lines; None where the slow lane must decide.
+
+    `headers` and `raw_headers` are the parser's two views of one message's fields.
+    """
+    connection = headers.getall("Connection", ())
+    if connection and not (len(connection) == 1 and connection[0].lower() in PLAIN_CONNECTION):
+        return None  # it names fields to drop as well
+    cache = _RAW_FIELDS[dropped]
+    # Most messages repeat the fields of one before them (a client's calls, an upstream's
+    # answers within a second): the lines they make are looked up instead of made again.
+    key = (raw_headers, version)
+    fields = cache.get(key)
+    if fields is not None:
+        return fields
+    lines = [b"%s: %s\r\n" % field for field in raw_headers if field[0].lower() not in dropped]
     lines.append(_VIA_RAW.get(version) or f"Via: {_via(version)}\r\n".encode())
     fields = b"".join(lines)
     # The parser refuses CR and LF inside fields; checked again, as _request_head does, so the
     # guarantee against injected lines does not rest on the parser alone.
     if fields.count(b"\n") != len(lines) or fields.count(b"\r") != len(lines):
         return None
+    if len(cache) >= RAW_FIELDS_CACHE_SIZE:
+        cache.clear()  # a client sending new fields every time gets no cache, not a big one
+    cache[key] = fields
     return fields
+
+
+RAW_FIELDS_CACHE_SIZE = 256
+_RAW_FIELDS: dict[frozenset[bytes], dict[tuple, bytes]] = {
+    _REQUEST_DROPPED_RAW: {}, _RESPONSE_DROPPED_RAW: {}}
 # --8<-- [end:raw]
 
 
@@ -432,6 +445,7 @@ class _Settings:
     fallback: _Target | None  # for any host, when the routes list no hosts or "*"
     upstreams: Mapping[Destination, Upstream]
     first_timeout: float  # seconds for the first try: per-try and overall timeout, whichever is less
+    retries: bool  # whether a failed try may be followed by another
 
 
 # The cache of raw Host values -> targets stays small; a client sending random Host names
@@ -538,6 +552,7 @@ class OutboundProxy:
             fallback=fallback,
             upstreams=by_destination,
             first_timeout=min(per_try, config.timeout_seconds),
+            retries=config.retries.attempts > 0,
         )
         self._upstreams = upstreams
         self._host_cache = {}
@@ -640,16 +655,19 @@ class OutboundProxy:
                 or not path.startswith("/")):
             return False  # the framing checks, absolute-form and the 503 live in handle()
         host_field = headers.get("Host")
-        fields = raw_end_to_end(request.raw_headers, _REQUEST_DROPPED_RAW, request.version)
+        fields = raw_end_to_end(headers, request.raw_headers, _REQUEST_DROPPED_RAW,
+                                request.version)
         if host_field is None or fields is None:
             return False
         target = self._target(settings, host_field)
         if target is None:
             return False
-        try:
-            upstream = self._upstream(settings, target, path, headers)
-        except NoRouteError:
-            return False
+        upstream = target.fixed
+        if upstream is None:
+            try:
+                upstream = self._upstream(settings, target, path, headers)
+            except NoRouteError:
+                return False
         # Routed: from here on the request is taken, so the route table is not asked twice.
         self.requests += 1
         started = self._clock()
@@ -669,7 +687,7 @@ class OutboundProxy:
                                            request_headers(request, forwarded_for=False),
                                            timeout=settings.first_timeout)
             elif isinstance(result, UpstreamResponse) and self._finish_nowait(
-                    request, upstream, permit, result, started):
+                    request, settings, upstream, permit, result, started):
                 return
             else:
                 first = _outcome(result)
@@ -689,13 +707,13 @@ class OutboundProxy:
             self._exchange(request, path, upstream, settings, started, (permit, first)))
         return True
 
-    def _finish_nowait(self, request: ProxyRequest, upstream: Upstream, permit: Permit,
-                       response: UpstreamResponse, started: float) -> bool:
+    def _finish_nowait(self, request: ProxyRequest, settings: _Settings, upstream: Upstream,
+                       permit: Permit, response: UpstreamResponse, started: float) -> bool:
         """Answer from `response` if it is final and whole already; else False, nothing done."""
         status = response.status
         content = response.content
-        if (status in RETRY_STATUSES and request.method in IDEMPOTENT_METHODS
-                and self._settings is not None and self._settings.config.retries.attempts):
+        if (status in RETRY_STATUSES and settings.retries
+                and request.method in IDEMPOTENT_METHODS):
             return False  # to be retried: _exchange decides, with its backoff and deadline
         if request.method == "HEAD" or content is EMPTY_PAYLOAD:
             body = b""
@@ -703,7 +721,8 @@ class OutboundProxy:
             body = content.read_nowait()
         else:
             return False  # the body is still on its way, or large: relay() streams it
-        fields = raw_end_to_end(response.raw_headers, _RESPONSE_DROPPED_RAW, response.version)
+        fields = raw_end_to_end(response.headers, response.raw_headers, _RESPONSE_DROPPED_RAW,
+                                response.version)
         if fields is None:
             return False
         self._settle(upstream, permit, status)

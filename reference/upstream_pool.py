@@ -124,16 +124,18 @@ class UpstreamResponse:
 
 
 class _Callback:
-    """Stands in for the Future an exchange's head is awaited on, calling `fn` at once instead.
+    """Stands in for the Future a request() awaits the head on: send_nowait's callback, called at once.
 
     A Future's callbacks run on the event loop's next pass; this runs inside data_received,
     so a proxy can answer its client in the same pass that read the upstream's response.
     """
 
-    __slots__ = ("_fn", "_done")
+    __slots__ = ("_conn", "_fn", "_replayable", "_done")
 
-    def __init__(self, fn: Callable[[Any], None]) -> None:
+    def __init__(self, conn: _Connection, fn: Callable[[Any], None], replayable: bool) -> None:
+        self._conn = conn
         self._fn = fn
+        self._replayable = replayable  # the request may be sent again after the keep-alive race
         self._done = False
 
     def done(self) -> bool:
@@ -141,11 +143,12 @@ class _Callback:
 
     def set_result(self, message: Any) -> None:
         self._done = True
-        self._fn(None)
+        self._fn(self._conn.response())
 
-    def set_exception(self, error: BaseException) -> None:
+    def set_exception(self, error: UpstreamError) -> None:
         self._done = True
-        self._fn(error)
+        # The connection came from the pool: a reused one, so nothing back means the race.
+        self._fn(None if self._replayable and not error.received else error)
 
 
 class _Connection(BaseProtocol):
@@ -444,18 +447,9 @@ class UpstreamPool:
         conn = self._idle_connection(host, port)
         if conn is None:
             return False
-        loop = conn._loop
-        deadline = None if timeout is None else loop.time() + timeout
-
-        def done(error: UpstreamError | None) -> None:
-            if error is None:
-                callback(conn.response())
-            elif not error.received and method in IDEMPOTENT_METHODS:
-                callback(None)  # conn came from the pool, so it is a reused one
-            else:
-                callback(error)
-
-        conn.start(method == "HEAD", deadline, _Callback(done))
+        deadline = None if timeout is None else conn._loop.time() + timeout
+        conn.start(method == "HEAD", deadline,
+                   _Callback(conn, callback, method in IDEMPOTENT_METHODS))
         conn.transport.write(head)  # type: ignore[union-attr]  (usable: it has one)
         return True
     # --8<-- [end:send_nowait]
@@ -492,8 +486,9 @@ class UpstreamPool:
         idle = self._idle.get((host, port))
         while idle:
             conn = idle.pop()  # the most recently used: the least likely to be closed by now
-            if conn.usable:
-                return conn
+            transport = conn.transport
+            if not conn._broken and transport is not None and not transport.is_closing():
+                return conn  # (conn.usable, written out: this runs once a request)
         return None
 
     async def _connect(self, host: str, port: int, deadline: float | None) -> _Connection:
