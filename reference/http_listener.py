@@ -447,20 +447,50 @@ def _serialise(request: ProxyRequest, status: int, reason: str,
 def _serialise_raw(request: ProxyRequest, status: int, reason: str, fields: bytes, body: bytes,
                    keep_alive: bool) -> bytes:
     """_serialise() for fields already encoded, as ProxyRequest.respond() takes them."""
-    lowered = b"\n" + fields.lower()  # so each name is found at the start of its line
+    has_length, has_date = _framing(fields)
     bodiless = status in NO_BODY or 100 <= status < 200
-    if not bodiless and b"\ncontent-length:" not in lowered:
+    if not bodiless and not has_length:
         fields += b"Content-Length: %d\r\n" % len(body)
-    if b"\ndate:" not in lowered:
+    if not has_date:
         fields += b"Date: %s\r\n" % _date.now_bytes()
     if not keep_alive:
         fields += b"Connection: close\r\n"
     elif request.version < HttpVersion11:
         fields += b"Connection: keep-alive\r\n"
-    head = b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason.encode("latin-1", "replace"), fields)
+    head = b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, _encoded(reason), fields)
     if bodiless or request.method == "HEAD":
         return head
     return head + body
+
+
+# Small caches for the fast lane, which sees the same few values over and over: the fields of
+# one upstream's answers, and a handful of reason phrases. Cleared when full, so a stream of
+# new values costs a lookup each, never unbounded memory.
+CACHE_SIZE = 256
+_FRAMING_SEEN: dict[bytes, tuple[bool, bool]] = {}
+_REASONS: dict[str, bytes] = {}
+
+
+def _framing(fields: bytes) -> tuple[bool, bool]:
+    """Whether encoded header lines include Content-Length, and Date."""
+    known = _FRAMING_SEEN.get(fields)
+    if known is None:
+        lowered = b"\n" + fields.lower()  # so each name is found at the start of its line
+        known = (b"\ncontent-length:" in lowered, b"\ndate:" in lowered)
+        if len(_FRAMING_SEEN) >= CACHE_SIZE:
+            _FRAMING_SEEN.clear()
+        _FRAMING_SEEN[fields] = known
+    return known
+
+
+def _encoded(reason: str) -> bytes:
+    encoded = _REASONS.get(reason)
+    if encoded is None:
+        encoded = reason.encode("latin-1", "replace")
+        if len(_REASONS) >= CACHE_SIZE:
+            _REASONS.clear()
+        _REASONS[reason] = encoded
+    return encoded
 
 
 class _Site:

@@ -725,11 +725,14 @@ class OutboundProxy:
                                 response.version)
         if fields is None:
             return False
-        self._settle(upstream, permit, status)
         response.release()
-        if self._duration is not None:
-            self._duration.observe(self._clock() - started)
-        request.respond(status, response.reason, fields, body)
+        # The client first, the bookkeeping after: the client reads its answer meanwhile.
+        try:
+            request.respond(status, response.reason, fields, body)
+        finally:
+            self._settle(upstream, permit, status)
+            if self._duration is not None:
+                self._duration.observe(self._clock() - started)
         return True
     # --8<-- [end:nowait]
 
