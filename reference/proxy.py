@@ -480,6 +480,7 @@ class OutboundProxy:
         self.requests = 0
         self.failures = 0
         self.retries = 0
+        self.answered_nowait = 0  # requests answered wholly on the fast lane (handle_nowait)
         self.responses: dict[int, int] = {}
         self._duration = None
         self._untrack: list[Callable[[], None]] = []
@@ -730,6 +731,7 @@ class OutboundProxy:
         try:
             request.respond(status, response.reason, fields, body)
         finally:
+            self.answered_nowait += 1
             self._settle(upstream, permit, status)
             if self._duration is not None:
                 self._duration.observe(self._clock() - started)
