@@ -4,9 +4,10 @@ Every path ends at one nginx upstream answering 200 with a 1 KB body. wrk loads 
 and 16 keep-alive connections; the paths take turns within each round (Rule 3: alternate), and
 each ratio compares a path with nginx measured in the same round, before taking the median.
 
-The sidecar runs twice: as it starts by default (asyncio's own event loop) and with
-`--event-loop uvloop`, the setting that trades memory for CPU per request, so the table shows
-both sides of that trade.
+The sidecar runs three times: as it starts by default (asyncio's own event loop); with
+`--no-fast-lane`, every request served on a task, which shows what the fast lane is worth; and
+with `--event-loop uvloop`, the setting that trades memory for CPU per request, so the table
+shows both sides of that trade.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from ..progress import Progress
 from ..scenario import Scenario, Table, register
 from ..svg import Series, bar_chart
 
-PATHS = ("direct", "nginx", "sidecar", "sidecar_uvloop", "nodeagent")
+PATHS = ("direct", "nginx", "sidecar", "sidecar_slow_lane", "sidecar_uvloop", "nodeagent")
 LABELS = {"direct": "direct", "nginx": "nginx (anchor)", "sidecar": "sidecar",
-          "sidecar_uvloop": "sidecar on uvloop", "nodeagent": "node agent"}
+          "sidecar_slow_lane": "sidecar, fast lane off", "sidecar_uvloop": "sidecar on uvloop",
+          "nodeagent": "node agent"}
 
 
 
@@ -53,13 +55,15 @@ class DataPath(Scenario):
     def run(self, settings: dict[str, Any], progress: Progress) -> dict[str, Any]:
         runs: dict[str, dict[int, list[LoadResult]]] = {p: {c: [] for c in settings["connections"]} for p in PATHS}
         with Lab() as lab:
-            with progress.step("starting nginx, control plane, sidecar, node agent"):
+            with progress.step("starting nginx, control plane, three sidecars, node agent"):
                 upstream = lab.enter(Nginx.upstream(body_bytes=settings["body_bytes"]))
                 anchor = lab.enter(Nginx.proxy_to(upstream.port))
                 version = lab.start_control_plane(upstream.port)
                 [sidecar] = lab.start_sidecars(1, 1, upstream.port, version)
                 [fast] = lab.start_sidecars(2, 1, upstream.port, version,
                                             extra_args=("--event-loop", "uvloop"))
+                [slow] = lab.start_sidecars(3, 1, upstream.port, version,
+                                            extra_args=("--no-fast-lane",))
                 agent = lab.start_node_agent()
                 [agent_port] = register_apps(agent, ["bench-app-1"], version)
                 time.sleep(settings["idle_seconds"])
@@ -72,6 +76,7 @@ class DataPath(Scenario):
                 "nginx": (anchor.port, {}),
                 "sidecar": (sidecar.outbound, {"Host": UPSTREAM_HOST}),
                 "sidecar_uvloop": (fast.outbound, {"Host": UPSTREAM_HOST}),
+                "sidecar_slow_lane": (slow.outbound, {"Host": UPSTREAM_HOST}),
                 "nodeagent": (agent_port, {"Host": UPSTREAM_HOST}),
             }
             top = max(settings["connections"])

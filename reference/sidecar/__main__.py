@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="asyncio",
                         help="asyncio (default): less memory per sidecar; uvloop: "
                         "less CPU and latency per request; auto: uvloop if installed")
+    parser.add_argument("--no-fast-lane", dest="fast_lane", action="store_false",
+                        help="serve every outbound request on a task, none from callbacks "
+                        "(to measure what the fast lane is worth)")
     parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING...")
     return parser
 
@@ -129,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         cache_path=args.cache,
         wait=args.wait,
         poll_interval=args.poll_interval,
+        fast_lane=args.fast_lane,
     )
 
     async def run() -> None:

@@ -41,6 +41,9 @@ class SidecarOptions:
     cache_path: str | None = None  # the last good config, served while the control plane is down
     wait: float = 30.0  # seconds the control plane may hold one long poll
     poll_interval: float = 0.0  # > 0: poll this often without long-polling (wait is then 0)
+    # The outbound fast lane (OutboundProxy.handle_nowait); off, every request goes through
+    # handle(), which the lab uses to measure what the fast lane is worth.
+    fast_lane: bool = True
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,8 @@ def create_outbound_server(sidecar: Sidecar) -> ProxyListener:
     # The proxy exists once lifecycle() ran (serve() starts the admin listener first); its
     # handler is then served directly, without a delegating call per request.
     handler = sidecar.handle_outbound if sidecar.outbound is None else sidecar.outbound.handle
-    fast = None if sidecar.outbound is None else sidecar.outbound.handle_nowait
+    fast = (sidecar.outbound.handle_nowait
+            if sidecar.outbound is not None and sidecar.options.fast_lane else None)
     return ProxyListener(handler, fast=fast, shutdown_timeout=UNWIND_TIMEOUT)
 
 

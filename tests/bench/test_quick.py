@@ -46,7 +46,8 @@ def test_results_json_records_the_machine_and_every_scenario(lab):
 def test_every_path_was_measured_with_positive_numbers_and_no_errors(lab):
     _, results = lab
     paths = results["scenarios"]["data_path"]["paths"]
-    assert set(paths) == {"direct", "nginx", "sidecar", "sidecar_uvloop", "nodeagent"}
+    assert set(paths) == {"direct", "nginx", "sidecar", "sidecar_slow_lane", "sidecar_uvloop",
+                          "nodeagent"}
     for path, by_conn in paths.items():
         assert set(by_conn) == {"1", "16"}
         for conns, run in by_conn.items():
@@ -69,7 +70,7 @@ def test_ratios_compare_every_path_with_nginx_from_the_same_run(lab):
     ratios = results["scenarios"]["data_path"]["ratios"]
     for conns in ("1", "16"):
         assert ratios["nginx"][conns]["rps"] == 1.0
-        for path in ("direct", "sidecar", "sidecar_uvloop", "nodeagent"):
+        for path in ("direct", "sidecar", "sidecar_slow_lane", "sidecar_uvloop", "nodeagent"):
             assert ratios[path][conns]["rps"] > 0 and ratios[path][conns]["p99"] > 0
 
 

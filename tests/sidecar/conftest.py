@@ -172,10 +172,10 @@ async def start_sidecar(control_plane: ControlPlane) -> AsyncIterator[Callable[.
 
     async def start(app_address: str = "127.0.0.1:9", service: str = "productpage",
                     cache_path: str | None = None, poll_interval: float = 0.0,
-                    **hosts: Any) -> RunningSidecar:
+                    fast_lane: bool = True, **hosts: Any) -> RunningSidecar:
         options = SidecarOptions(service=service, app_address=app_address,
                                  control_plane=control_plane.url, cache_path=cache_path, wait=2.0,
-                                 poll_interval=poll_interval)
+                                 poll_interval=poll_interval, fast_lane=fast_lane)
         sidecar = Sidecar(options, drain=DrainController(delay=0.0, grace=1.0))
         ready: asyncio.Future[Ports] = asyncio.get_running_loop().create_future()
         task = asyncio.create_task(serve(

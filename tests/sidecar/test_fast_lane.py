@@ -13,6 +13,9 @@ import time
 
 from aiohttp import web
 
+from reference.sidecar.__main__ import build_parser
+
+from .conftest import single_config
 from .test_hygiene import raw_exchange, status_of
 
 FAST_BACKOFF = {"backoff_base_seconds": 0.001, "backoff_max_seconds": 0.002}
@@ -197,3 +200,21 @@ async def test_metrics_count_fast_lane_answers_like_the_others(proxied):
     assert 'sidecarlab_responses_total{proxy="outbound",code="200"} 5' in text
     assert 'sidecarlab_request_duration_seconds_count{proxy="outbound"} 5' in text
     assert 'sidecarlab_upstream_requests_total{proxy="outbound",upstream="reviews/v1"} 5' in text
+
+
+async def test_with_the_fast_lane_off_every_request_is_served_on_a_task(
+        upstream, control_plane, start_sidecar):
+    v1 = await upstream("v1")
+    sidecar = await start_sidecar(fast_lane=False)
+    await sidecar.wait_for_version(control_plane.publish("productpage", single_config(v1.address)))
+    for _ in range(3):
+        await warm(sidecar)
+    assert answered_nowait(sidecar) == 0
+    assert len(v1.seen) == 3
+
+
+def test_the_command_line_can_turn_the_fast_lane_off():
+    parser = build_parser()
+    assert parser.parse_args(["--service", "s", "--app-address", "127.0.0.1:1"]).fast_lane
+    assert not parser.parse_args(["--service", "s", "--app-address", "127.0.0.1:1",
+                                  "--no-fast-lane"]).fast_lane
