@@ -268,7 +268,7 @@ class _Connection(BaseProtocol):
             raise RuntimeError("this request was answered already")
         transport = self.transport
         if transport is not None:
-            keep_alive = request.keep_alive and not self.listener.closing
+            keep_alive = request.keep_alive and not self.listener.closing and not self._closing
             transport.write(_serialise_raw(request, status, reason, fields, body, keep_alive))
             if not keep_alive:
                 self._closing = True
@@ -277,9 +277,11 @@ class _Connection(BaseProtocol):
     def continue_fast(self, request: ProxyRequest, answer: Awaitable[web.StreamResponse]) -> None:
         if self._fast is not request:
             raise RuntimeError("this request was answered already")
-        self._task = self._loop.create_task(self._serve(request, answer))
+        self._task = task = self._loop.create_task(self._serve(request, answer))
         self._fast = None
-        self._wake_cleanup()
+        if self._fast_done is not None:
+            # cleanup() is waiting on this request: it now waits for the task that serves it.
+            task.add_done_callback(lambda _: self._wake_cleanup())
 
     def _fast_finished(self) -> None:
         self._fast = None
@@ -376,7 +378,8 @@ class _Connection(BaseProtocol):
             return
         # An unread request body still sits on the connection: no next request can be found
         # behind it safely, so the connection closes after this answer.
-        keep_alive = request.keep_alive and not self.listener.closing and payload.is_eof()
+        keep_alive = (request.keep_alive and not self.listener.closing and not self._closing
+                      and payload.is_eof())
         if response.prepared:
             # Streamed through aiohttp's writer: its head and body are out already.
             if not response._eof_sent:  # noqa: SLF001  (aiohttp has no public flag for it)

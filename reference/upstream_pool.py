@@ -147,8 +147,10 @@ class _Callback:
 
     def set_exception(self, error: UpstreamError) -> None:
         self._done = True
-        # The connection came from the pool: a reused one, so nothing back means the race.
-        self._fn(None if self._replayable and not error.received else error)
+        # The connection came from the pool, a reused one: closed with nothing back is the
+        # keep-alive race, the one failure request() also sends again (a timeout is not).
+        race = isinstance(error, UpstreamDisconnected) and not error.received
+        self._fn(None if race and self._replayable else error)
 
 
 class _Connection(BaseProtocol):

@@ -127,6 +127,8 @@ async def test_a_slow_answer_on_the_fast_lane_times_out_with_504(proxied):
         assert r.status == 504
         assert "timed out" in await r.text()
     assert 0.15 < time.perf_counter() - started < 1.5
+    assert calls == 2  # a timeout is not the keep-alive race: with no retries, sent once
+    assert sidecar.sidecar.outbound.retries == 0
 
 
 async def test_a_large_answer_is_streamed_in_full_after_the_fast_lane_hands_it_over(proxied):

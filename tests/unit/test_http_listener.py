@@ -311,9 +311,6 @@ async def test_a_fast_handler_that_raises_gets_the_client_a_500_and_the_connecti
     assert calls == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finish_fast() decides Connection: close from the request and the listener only, not from "
-    "the connection's own _closing, so the 500 looks kept alive while the connection closes"))
 async def test_the_500_for_a_failing_fast_handler_says_the_connection_closes(listen):
     def broken(request: ProxyRequest) -> bool:
         raise RuntimeError("bug")
@@ -478,9 +475,6 @@ async def test_cleanup_gives_up_on_a_fast_request_after_the_shutdown_timeout(lis
     assert await answer == b""  # cut off without an answer
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "continue_fast() wakes cleanup() as soon as the request moves to a task, so cleanup() "
-    "closes the connection while that task is still serving it"))
 async def test_cleanup_waits_for_a_fast_request_handed_over_while_it_waits(listen):
     taken = asyncio.Event()
 
