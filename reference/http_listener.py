@@ -456,9 +456,10 @@ def _serialise_raw(request: ProxyRequest, status: int, reason: str, fields: byte
         fields += b"Content-Length: %d\r\n" % len(body)
     if not has_date:
         fields += b"Date: %s\r\n" % _date.now_bytes()
+    version = request.version
     if not keep_alive:
         fields += b"Connection: close\r\n"
-    elif request.version < HttpVersion11:
+    elif version is not HttpVersion11 and version < HttpVersion11:  # `is`: the parser's own
         fields += b"Connection: keep-alive\r\n"
     head = b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, _encoded(reason), fields)
     if bodiless or request.method == "HEAD":

@@ -726,11 +726,11 @@ class OutboundProxy:
                                 response.version)
         if fields is None:
             return False
-        response.release()
         # The client first, the bookkeeping after: the client reads its answer meanwhile.
         try:
             request.respond(status, response.reason, fields, body)
         finally:
+            response.release()
             self.answered_nowait += 1
             self._settle(upstream, permit, status)
             if self._duration is not None:
