@@ -461,18 +461,17 @@ def _serialise_raw(request: ProxyRequest, status: int, reason: str, fields: byte
         fields += b"Connection: close\r\n"
     elif version is not HttpVersion11 and version < HttpVersion11:  # `is`: the parser's own
         fields += b"Connection: keep-alive\r\n"
-    head = b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, _encoded(reason), fields)
     if bodiless or request.method == "HEAD":
-        return head
-    return head + body
+        return b"".join((_status_line(status, reason), fields, b"\r\n"))
+    return b"".join((_status_line(status, reason), fields, b"\r\n", body))
 
 
 # Small caches for the fast lane, which sees the same few values over and over: the fields of
-# one upstream's answers, and a handful of reason phrases. Cleared when full, so a stream of
+# one upstream's answers, and a handful of status lines. Cleared when full, so a stream of
 # new values costs a lookup each, never unbounded memory.
 CACHE_SIZE = 256
 _FRAMING_SEEN: dict[bytes, tuple[bool, bool]] = {}
-_REASONS: dict[str, bytes] = {}
+_STATUS_LINES: dict[tuple[int, str], bytes] = {}
 
 
 def _framing(fields: bytes) -> tuple[bool, bool]:
@@ -487,14 +486,14 @@ def _framing(fields: bytes) -> tuple[bool, bool]:
     return known
 
 
-def _encoded(reason: str) -> bytes:
-    encoded = _REASONS.get(reason)
-    if encoded is None:
-        encoded = reason.encode("latin-1", "replace")
-        if len(_REASONS) >= CACHE_SIZE:
-            _REASONS.clear()
-        _REASONS[reason] = encoded
-    return encoded
+def _status_line(status: int, reason: str) -> bytes:
+    line = _STATUS_LINES.get((status, reason))
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % (status, reason.encode("latin-1", "replace"))
+        if len(_STATUS_LINES) >= CACHE_SIZE:
+            _STATUS_LINES.clear()
+        _STATUS_LINES[(status, reason)] = line
+    return line
 
 
 class _Site:

@@ -695,8 +695,8 @@ class OutboundProxy:
             request.continue_with(
                 self._exchange(request, path, upstream, settings, started, (permit, first)))
 
-        head = b"%s %s HTTP/1.1\r\n%s\r\n" % (method.encode(),
-                                               path.encode("utf-8", "surrogateescape"), fields)
+        head = b"".join((method.encode(), b" ", path.encode("utf-8", "surrogateescape"),
+                         b" HTTP/1.1\r\n", fields, b"\r\n"))
         if self._pool.send_nowait(host, port, method, head, on_response,
                                   timeout=settings.first_timeout):
             return True
