@@ -43,7 +43,6 @@ from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http import HttpRequestParser, StreamWriter
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
-from multidict import CIMultiDict, CIMultiDictProxy
 
 __all__ = ["FastHandler", "ProxyListener", "ProxyRequest", "drain_aware", "drain_aware_fast"]
 
@@ -138,8 +137,8 @@ class ProxyRequest:
     def respond(self, status: int, reason: str, fields: bytes, body: bytes) -> None:
         """Answer now with a whole response, written in one piece.
 
-        `fields`: header lines, encoded, each ending in CRLF, without Connection; the listener
-        adds Connection, and Content-Length and Date where they are missing.
+        `fields`: header lines, encoded, each ending in CRLF; the listener adds Content-Length,
+        Date and Connection where they are missing.
         """
         self._conn.finish_fast(self, status, reason, fields, body)
 
@@ -270,7 +269,7 @@ class _Connection(BaseProtocol):
         transport = self.transport
         if transport is not None:
             keep_alive = request.keep_alive and not self.listener.closing and not self._closing
-            transport.write(_serialise_raw(request, status, reason, fields, body, keep_alive))
+            transport.write(_serialise(request, status, reason, fields, body, keep_alive))
             if not keep_alive:
                 self._closing = True
         self._fast_finished()
@@ -420,45 +419,26 @@ def _response_bytes(request: ProxyRequest, response: web.Response, keep_alive: b
     body = response.body or b""
     if not isinstance(body, (bytes, bytearray)):
         raise TypeError(f"a response body of type {type(body).__name__} must be streamed")
-    return _serialise(request, response.status, response.reason, response.headers, body,
-                      keep_alive)
+    fields = "".join([f"{name}: {value}\r\n" for name, value in response.headers.items()])
+    return _serialise(request, response.status, response.reason,
+                      fields.encode("utf-8", "surrogateescape"), body, keep_alive)
 
 
-def _serialise(request: ProxyRequest, status: int, reason: str,
-               headers: CIMultiDict[str] | CIMultiDictProxy[str], body: bytes,
+def _serialise(request: ProxyRequest, status: int, reason: str, fields: bytes, body: bytes,
                keep_alive: bool) -> bytes:
-    """Status line, fields (with Content-Length, Date and Connection where needed), body."""
-    head = f"HTTP/1.1 {status} {reason}\r\n" + "".join(
-        [f"{name}: {value}\r\n" for name, value in headers.items()])
-    bodiless = status in NO_BODY or 100 <= status < 200
-    if not bodiless and "Content-Length" not in headers:
-        # A given Content-Length stays as it is: the answer to a HEAD request announces the
-        # length a GET would have had, with no body.
-        head += f"Content-Length: {len(body)}\r\n"
-    if "Date" not in headers:
-        head += f"Date: {_date.now()}\r\n"
-    if not keep_alive:
-        if "Connection" not in headers:  # a draining listener's answer names it already
-            head += "Connection: close\r\n"
-    elif request.version < HttpVersion11:
-        head += "Connection: keep-alive\r\n"
-    data = (head + "\r\n").encode("utf-8", "surrogateescape")
-    if bodiless or request.method == "HEAD":
-        return data
-    return data + body
-
-
-def _serialise_raw(request: ProxyRequest, status: int, reason: str, fields: bytes, body: bytes,
-                   keep_alive: bool) -> bytes:
-    """_serialise() for fields already encoded, as ProxyRequest.respond() takes them."""
-    has_length, has_date = _framing(fields)
+    """Status line, encoded fields (with Content-Length, Date and Connection where needed), body."""
+    has_length, has_date, has_connection = _framing(fields)
     bodiless = status in NO_BODY or 100 <= status < 200
     if not bodiless and not has_length:
+        # A given Content-Length stays as it is: the answer to a HEAD request announces the
+        # length a GET would have had, with no body.
         fields += b"Content-Length: %d\r\n" % len(body)
     if not has_date:
         fields += b"Date: %s\r\n" % _date.now_bytes()
     version = request.version
-    if not keep_alive:
+    if has_connection:
+        pass  # a draining listener's answer names it already
+    elif not keep_alive:
         fields += b"Connection: close\r\n"
     elif version is not HttpVersion11 and version < HttpVersion11:  # `is`: the parser's own
         fields += b"Connection: keep-alive\r\n"
@@ -471,16 +451,17 @@ def _serialise_raw(request: ProxyRequest, status: int, reason: str, fields: byte
 # one upstream's answers, and a handful of status lines. Cleared when full, so a stream of
 # new values costs a lookup each, never unbounded memory.
 CACHE_SIZE = 256
-_FRAMING_SEEN: dict[bytes, tuple[bool, bool]] = {}
+_FRAMING_SEEN: dict[bytes, tuple[bool, bool, bool]] = {}
 _STATUS_LINES: dict[tuple[int, str], bytes] = {}
 
 
-def _framing(fields: bytes) -> tuple[bool, bool]:
-    """Whether encoded header lines include Content-Length, and Date."""
+def _framing(fields: bytes) -> tuple[bool, bool, bool]:
+    """Whether encoded header lines include Content-Length, Date, and Connection."""
     known = _FRAMING_SEEN.get(fields)
     if known is None:
         lowered = b"\n" + fields.lower()  # so each name is found at the start of its line
-        known = (b"\ncontent-length:" in lowered, b"\ndate:" in lowered)
+        known = (b"\ncontent-length:" in lowered, b"\ndate:" in lowered,
+                 b"\nconnection:" in lowered)
         if len(_FRAMING_SEEN) >= CACHE_SIZE:
             _FRAMING_SEEN.clear()
         _FRAMING_SEEN[fields] = known

@@ -767,7 +767,7 @@ class OutboundProxy:
         config = settings.config
         retries = config.retries
         method = request.method
-        headers = request_headers(request, forwarded_for=False) if first is None else ()
+        headers: list[tuple[str, str]] | None = None  # made when a try needs them
         body = _RequestBody(request.content, config.max_body_bytes) if request.body_exists else None
         budget = retries.attempts if method in IDEMPOTENT_METHODS else 0
         deadline = started + config.timeout_seconds
@@ -784,7 +784,7 @@ class OutboundProxy:
                     return self._breaker_open(upstream, error)
                 upstream.requests += 1
                 host, port = upstream.next_address()
-                if not headers:
+                if headers is None:
                     headers = request_headers(request, forwarded_for=False)
                 sending = self._pool.request(host, port, method, path, headers,
                                              None if body is None else body.chunks(),
