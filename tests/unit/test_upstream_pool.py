@@ -68,13 +68,19 @@ async def read_head(reader: asyncio.StreamReader) -> bytes:
     return await reader.readuntil(b"\r\n\r\n")
 
 
-def answering(*responses: bytes, close: bool = False, delays: tuple[float, ...] = ()) -> Handler:
-    """A raw server that answers each request on a connection with the next response."""
+def answering(*responses: bytes, close: bool = False, delays: tuple[float, ...] = (),
+              seen: list[bytes] | None = None) -> Handler:
+    """A raw server that answers each request on a connection with the next response.
+
+    `seen`, if given, receives every request head the server read.
+    """
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             for index, response in enumerate(responses):
-                await read_head(reader)
+                head = await read_head(reader)
+                if seen is not None:
+                    seen.append(head)
                 if index < len(delays):
                     await asyncio.sleep(delays[index])  # the Nth answer comes after delays[N] s
                 writer.write(response)
@@ -476,24 +482,6 @@ class Results:
         return await asyncio.wait_for(self.arrived, 2)
 
 
-def recording(*responses: bytes, seen: list[bytes]) -> Handler:
-    """answering(), keeping every request head the upstream read."""
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            for response in responses:
-                seen.append(await read_head(reader))
-                writer.write(response)
-                await writer.drain()
-            await reader.read()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    return handler
-
-
 GET_HEAD = b"GET /next HTTP/1.1\r\nHost: up\r\n\r\n"
 
 
@@ -527,7 +515,7 @@ async def test_send_nowait_calls_back_with_a_whole_small_response_and_the_connec
     pool, raw_upstream
 ):
     seen: list[bytes] = []
-    port = await raw_upstream(recording(OK, b"HTTP/1.1 201 Created\r\nX-Up: 1\r\n"
+    port = await raw_upstream(answering(OK, b"HTTP/1.1 201 Created\r\nX-Up: 1\r\n"
                                             b"Content-Length: 5\r\n\r\nhello", seen=seen))
     assert await get(pool, port) == (200, b"ok")
     results = Results()
