@@ -177,15 +177,15 @@ class CircuitBreaker:
 
     def record_success(self, permit: Permit, duration: float | None = None) -> None:
         """Report that the permitted call succeeded (`duration` defaults to time since acquire)."""
-        self._settle(permit, failed=False, duration=duration)
+        self._settle(permit, False, duration)
 
     def record_failure(self, permit: Permit, duration: float | None = None) -> None:
         """Report that the permitted call failed (`duration` defaults to time since acquire)."""
-        self._settle(permit, failed=True, duration=duration)
+        self._settle(permit, True, duration)
 
     def release(self, permit: Permit) -> None:
         """Give the permit back without an outcome (excluded error, cancellation)."""
-        self._settle(permit, failed=None, duration=None)
+        self._settle(permit, None, None)
 
     # --8<-- [start:call]
     def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:

@@ -427,7 +427,7 @@ def _response_bytes(request: ProxyRequest, response: web.Response, keep_alive: b
 def _serialise(request: ProxyRequest, status: int, reason: str, fields: bytes, body: bytes,
                keep_alive: bool) -> bytes:
     """Status line, encoded fields (with Content-Length, Date and Connection where needed), body."""
-    has_length, has_date, has_connection = _framing(fields)
+    has_length, has_date, has_connection = _FRAMING_SEEN.get(fields) or _framing(fields)
     bodiless = status in NO_BODY or 100 <= status < 200
     if not bodiless and not has_length:
         # A given Content-Length stays as it is: the answer to a HEAD request announces the
@@ -442,9 +442,10 @@ def _serialise(request: ProxyRequest, status: int, reason: str, fields: bytes, b
         fields += b"Connection: close\r\n"
     elif version is not HttpVersion11 and version < HttpVersion11:  # `is`: the parser's own
         fields += b"Connection: keep-alive\r\n"
+    status_line = _STATUS_LINES.get((status, reason)) or _status_line(status, reason)
     if bodiless or request.method == "HEAD":
-        return b"".join((_status_line(status, reason), fields, b"\r\n"))
-    return b"".join((_status_line(status, reason), fields, b"\r\n", body))
+        return b"".join((status_line, fields, b"\r\n"))
+    return b"".join((status_line, fields, b"\r\n", body))
 
 
 # Small caches for the fast lane, which sees the same few values over and over: the fields of

@@ -192,16 +192,27 @@ def raw_end_to_end(headers: CIMultiDictProxy[str], raw_headers: tuple[tuple[byte
 
     `headers` and `raw_headers` are the parser's two views of one message's fields.
     """
-    connection = headers.getall("Connection", ())
-    if connection and not (len(connection) == 1 and connection[0].lower() in PLAIN_CONNECTION):
-        return None  # it names fields to drop as well
     cache = _RAW_FIELDS[dropped]
     # Most messages repeat the fields of one before them (a client's calls, an upstream's
     # answers within a second): the lines they make are looked up instead of made again.
     key = (raw_headers, version)
     fields = cache.get(key)
     if fields is not None:
-        return fields
+        return fields  # a Connection field among them was checked when they were cached
+    fields = _raw_fields(headers, raw_headers, dropped, version)
+    if fields is None:
+        return None  # not remembered: rare, and a refusal should not take a place in the cache
+    if len(cache) >= RAW_FIELDS_CACHE_SIZE:
+        cache.clear()  # a client sending new fields every time gets no cache, not a big one
+    cache[key] = fields
+    return fields
+
+
+def _raw_fields(headers: CIMultiDictProxy[str], raw_headers: tuple[tuple[bytes, bytes], ...],
+                dropped: frozenset[bytes], version: HttpVersion) -> bytes | None:
+    connection = headers.getall("Connection", ())
+    if connection and not (len(connection) == 1 and connection[0].lower() in PLAIN_CONNECTION):
+        return None  # it names fields to drop as well
     lines = [b"%s: %s\r\n" % field for field in raw_headers if field[0].lower() not in dropped]
     lines.append(_VIA_RAW.get(version) or f"Via: {_via(version)}\r\n".encode())
     fields = b"".join(lines)
@@ -209,9 +220,6 @@ def raw_end_to_end(headers: CIMultiDictProxy[str], raw_headers: tuple[tuple[byte
     # guarantee against injected lines does not rest on the parser alone.
     if fields.count(b"\n") != len(lines) or fields.count(b"\r") != len(lines):
         return None
-    if len(cache) >= RAW_FIELDS_CACHE_SIZE:
-        cache.clear()  # a client sending new fields every time gets no cache, not a big one
-    cache[key] = fields
     return fields
 
 
@@ -660,7 +668,7 @@ class OutboundProxy:
                                 request.version)
         if host_field is None or fields is None:
             return False
-        target = self._target(settings, host_field)
+        target = self._host_cache.get(host_field) or self._target(settings, host_field)
         if target is None:
             return False
         upstream = target.fixed

@@ -449,10 +449,12 @@ class UpstreamPool:
         conn = self._idle_connection(host, port)
         if conn is None:
             return False
+        # Out first, the exchange's bookkeeping after: nothing can arrive before this returns to
+        # the event loop, and the upstream starts on the request meanwhile.
+        conn.transport.write(head)  # type: ignore[union-attr]  (usable: it has one)
         deadline = None if timeout is None else conn._loop.time() + timeout
         conn.start(method == "HEAD", deadline,
                    _Callback(conn, callback, method in IDEMPOTENT_METHODS))
-        conn.transport.write(head)  # type: ignore[union-attr]  (usable: it has one)
         return True
     # --8<-- [end:send_nowait]
 
