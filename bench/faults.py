@@ -56,10 +56,17 @@ def sidecar_spec(lab: Lab, name: str, app_port: int, drain: Drain, *,
                    "--control-plane", f"http://127.0.0.1:{lab.control_plane['http']}", *drain.args()])
 
 
-def node_agent_spec(lab: Lab, name: str, socket: str, drain: Drain) -> tuple[str, list[str]]:
-    """The command line of one node agent on `socket` (a restart reuses the same path)."""
+def node_agent_spec(lab: Lab, name: str, socket: str, drain: Drain,
+                    cache_dir: str | None = None) -> tuple[str, list[str]]:
+    """The command line of one node agent on `socket` (a restart reuses the same path).
+
+    `cache_dir`: where it keeps configs and app registrations; a restart that keeps the folder
+    (a container restart with an emptyDir) serves the apps on their old ports at once.
+    """
+    cache = ["--cache-dir", cache_dir] if cache_dir is not None else []
     return (name, ["nodeagent", "--socket", socket, "--admin-port", "0", "--log-level", "WARNING",
-                   "--control-plane-grpc", f"127.0.0.1:{lab.control_plane['grpc']}", *drain.args()])
+                   "--control-plane-grpc", f"127.0.0.1:{lab.control_plane['grpc']}", *cache,
+                   *drain.args()])
 
 
 def start_helpers(lab: Lab, specs: list[tuple[str, list[str]]]) -> list[Helper]:
@@ -182,12 +189,19 @@ def registered(apps: RegisteredApps, index: int, host: str) -> Callable[[], Targ
     return lambda: Target(apps.port(index), host)
 
 
-def agent_serves(agent: Helper, apps: RegisteredApps, old_ports: list[int], version: int) -> bool:
-    """True once every app has a new port from `agent` and that agent has config for it."""
-    if any(new == old for new, old in zip(apps.ports(), old_ports)):
-        return False
-    served = {app["app_id"]: app["config_version"] for app in admin_json(agent.admin).get("apps", [])}
-    return all(served.get(r.app_id, 0) >= version for r in apps.registrations)
+def agent_serves(agent: Helper, apps: RegisteredApps, version: int) -> bool:
+    """True once `agent` serves every app, with config, on the port the app calls.
+
+    A new agent that restored its apps serves them on their old ports; one that did not gives
+    each a new port when it registers again, and the app calls its old port until then.
+    """
+    served = {app["app_id"]: app for app in admin_json(agent.admin).get("apps", [])}
+    for registration, port in zip(apps.registrations, apps.ports()):
+        app = served.get(registration.app_id)
+        if (app is None or app["config_version"] < version
+                or app["outbound_address"] != f"127.0.0.1:{port}"):
+            return False
+    return True
 
 
 def sidecar_serves(sidecar: Helper, version: int) -> bool:

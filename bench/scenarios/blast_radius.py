@@ -10,11 +10,12 @@ run side by side in one load window, so the same machine noise hits both:
   so it reaches the new sidecar as soon as that one listens and has its config.
 - **node agent**: one agent serves all N apps. It gets SIGKILL at the same moment and a new
   agent process starts on the same Unix socket, as the kubelet restarts the DaemonSet's
-  container. The new agent knows no apps: it hands each app a new outbound port only when the
-  app registers again. The apps here run reference/app/registration.py's own refresh loop
-  (`keep_registered`: Register every `app_refresh_seconds`, waiting for an agent that is not
-  up yet), with their refreshes spread evenly over the interval as apps started at different
-  moments would have. An app's calls fail until it has its new port.
+  container. The crash leaves the agent's cache folder in place (a container restart keeps
+  an emptyDir), so the new agent finds its apps' registrations there and listens on each
+  app's old port before any app registers again. The apps here run
+  reference/app/registration.py's own refresh loop (`keep_registered`: Register every
+  `app_refresh_seconds`, waiting for an agent that is not up yet), with their refreshes spread
+  evenly over the interval as apps started at different moments would have.
 
 The lab restarts a killed helper after `restart_delay_seconds` (0: at once; the kubelet's
 restart back-off is not modelled). The load stops `tail_seconds` after both patterns serve
@@ -91,7 +92,7 @@ class BlastRadius(Scenario):
                 socket = str(lab.workdir / "agent.sock")
                 *sidecars, agent = start_helpers(
                     lab, [sidecar_spec(lab, f"sidecar-{k}", upstream.port, NO_DRAIN) for k in range(1, n + 1)]
-                    + [node_agent_spec(lab, "nodeagent", socket, NO_DRAIN)])
+                    + [node_agent_spec(lab, "nodeagent", socket, NO_DRAIN, agent_cache(lab))])
                 wait_for_version(sidecars, version)
             with progress.step(f"registering {n} apps with the node agent"):
                 ids = [f"bench-app-{k}" for k in range(1, n + 1)]
@@ -107,7 +108,7 @@ class BlastRadius(Scenario):
                     restarts, sidecar, agent = kill_and_restart(lab, window, settings, sidecars[0], agent,
                                                                 upstream.port, socket)
                     window.finish_when(lambda: sidecar_serves(sidecar, version)
-                                       and agent_serves(agent, apps, ports, version),
+                                       and agent_serves(agent, apps, version),
                                        tail=settings["tail_seconds"])
                     load = window.result()
         kill_at = settings["before_seconds"]
@@ -154,13 +155,20 @@ class BlastRadius(Scenario):
                    f"until {settings['tail_seconds']:g} s after both serve again), {settings['timeout_seconds']:g} s timeout. The "
                    f"killed helper is restarted after {settings['restart_delay_seconds']:g} s; apps on the "
                    f"node agent register again every {settings['app_refresh_seconds']:g} s, as the reference "
-                   f"app does. An app has recovered at its first successful request after its last failure; "
+                   f"app does; the restarted agent finds their registrations in the cache folder the crash left "
+                   f"in place, as a container restart keeps an emptyDir. An app has recovered at its first successful request after its last failure; "
                    f"restart to listening ends when the bench read the new process's listening line."],
         )
 
     def charts(self, result: dict[str, Any]) -> dict[str, str]:
         return {"blast_radius_timeline": timeline_chart(
             result["timeline"], LABELS, title="Failed requests around the kill", x_label="Time since the kill (s)", marker="kill")}
+
+
+def agent_cache(lab: Lab) -> str:
+    """The node agent's cache folder, kept across the crash as a container restart keeps an
+    emptyDir: the restarted agent finds its apps' registrations there."""
+    return str(lab.workdir / "nodeagent-cache")
 
 
 def kill_and_restart(lab: Lab, window: Window, settings: dict[str, Any], sidecar: Helper,
@@ -176,7 +184,7 @@ def kill_and_restart(lab: Lab, window: Window, settings: dict[str, Any], sidecar
         restarts[pattern].exited_at = window.now()
     specs = {
         "sidecars": sidecar_spec(lab, "sidecar-1-restarted", upstream_port, NO_DRAIN, ports=sidecar),
-        "nodeagent": node_agent_spec(lab, "nodeagent-restarted", socket, NO_DRAIN),
+        "nodeagent": node_agent_spec(lab, "nodeagent-restarted", socket, NO_DRAIN, agent_cache(lab)),
     }
 
     def restart(pattern: str) -> Helper:

@@ -139,7 +139,7 @@ class RollingRestart(Scenario):
                         upgrade = pool.submit(upgrade_agent, lab, window, settings, agent, socket, drains["drain"])
                         events = {roll: future.result() for roll, future in rolls.items()}
                         agent_restart, agent = upgrade.result()
-                    window.finish_when(lambda: agent_serves(agent, apps, ports, version), tail=settings["tail_seconds"])
+                    window.finish_when(lambda: agent_serves(agent, apps, version), tail=settings["tail_seconds"])
                     load = window.result()
         start = settings["before_seconds"]
         groups = {"nodrain": range(0, 3 * m, 3), "drain": range(1, 3 * m, 3), "nodeagent": range(2, 3 * m, 3),

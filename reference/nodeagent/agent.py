@@ -21,7 +21,8 @@ from reference.nodeagent.cache import ServiceCache
 from reference.nodeagent.configs import ServiceConfigs
 from reference.nodeagent.heartbeat import Heartbeat
 from reference.nodeagent.local_api import LocalApi
-from reference.nodeagent.registry import AppRegistry
+from reference.nodeagent.registrations import RegistrationStore
+from reference.nodeagent.registry import RESTORED_GRACE, AppRegistry
 from reference.nodeagent.watch import ConfigWatch
 from reference.proxy import create_upstream_session
 
@@ -63,6 +64,8 @@ class AgentSettings:
     heartbeat_interval: float = 10.0
     drain_delay: float = 5.0
     drain_grace: float = 25.0
+    # How long apps restored from the last run (kept in cache_dir) have to register again.
+    restored_grace: float = RESTORED_GRACE
 
 
 class NodeAgent:
@@ -89,6 +92,8 @@ class NodeAgent:
             metrics=self.metrics,
             # The single Watch follows the set of services local apps need.
             on_services_changed=self.watch.watch,
+            registrations=(RegistrationStore(settings.cache_dir)
+                           if settings.cache_dir is not None else None),
         )
         self.heartbeat = Heartbeat(
             self._channel,
@@ -106,7 +111,10 @@ class NodeAgent:
 
     # --8<-- [start:start]
     async def start(self) -> None:
-        """Serve the local API and the admin listener, then start watching and heartbeating."""
+        """Serve the apps of the last run, the local API and the admin listener, then start
+        watching and heartbeating."""
+        # First: the apps' ports are back before anything else can take them.
+        await self.registry.restore(grace=self.settings.restored_grace)
         await self.local_api.start()
         admin_app = create_admin_app(
             drain=self.drain_controller,
@@ -184,6 +192,7 @@ class NodeAgent:
 
     async def stop(self) -> None:
         """Stop everything; safe after a failed or partial start."""
+        self.registry.close()
         await self.watch.stop()
         await self.heartbeat.stop()
         await self.local_api.stop(LOCAL_API_GRACE)

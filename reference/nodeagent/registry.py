@@ -15,6 +15,7 @@ from reference.drain import DrainController
 from reference.http_listener import ProxyListener, drain_aware, drain_aware_fast
 from reference.metrics import Registry
 from reference.nodeagent.configs import ServiceConfigs
+from reference.nodeagent.registrations import Registration, RegistrationStore
 from reference.proxy import OutboundProxy
 from reference.proxy_config import ProxyConfig, parse_proxy_config
 
@@ -38,6 +39,10 @@ DEFAULT_MAX_APPS = 256
 
 # How long Deregister lets requests already on an app's listener finish before it cuts them.
 DEREGISTER_GRACE = 2.0
+
+# How long an app restored from the last run has to register again before it is taken for
+# gone: several of the reference app's 10 s refreshes, so one slow refresh is not fatal.
+RESTORED_GRACE = 60.0
 
 
 class InvalidApp(ValueError):
@@ -104,6 +109,7 @@ class AppRegistry:
         metrics: Registry | None = None,
         on_services_changed: Callable[[frozenset[str]], None] = lambda services: None,
         max_apps: int = DEFAULT_MAX_APPS,
+        registrations: RegistrationStore | None = None,
     ) -> None:
         self._configs = configs
         self._session = session  # one connection pool for every app; breakers stay per app
@@ -117,6 +123,10 @@ class AppRegistry:
         # listener start); one at a time keeps them consistent. Both are rare and fast.
         self._lock = asyncio.Lock()
         self._closed = False
+        self._registrations = registrations
+        # Apps restored from the last run that have not registered again yet.
+        self._unconfirmed: set[str] = set()
+        self._expiry: asyncio.Task[None] | None = None
 
     def apps(self) -> list[LocalApp]:
         """Every registered app, sorted by app_id."""
@@ -132,8 +142,10 @@ class AppRegistry:
         return frozenset(self._groups)
 
     def close(self) -> None:
-        """Refuse new registrations from now on (the agent is draining)."""
+        """Refuse new registrations from now on (the agent is draining or stopping)."""
         self._closed = True
+        if self._expiry is not None:
+            self._expiry.cancel()
 
     # --8<-- [start:register]
     async def register(self, app_id: str, service: str) -> LocalApp:
@@ -148,59 +160,128 @@ class AppRegistry:
         async with self._lock:
             existing = self._apps.get(app_id)
             if existing is not None:
-                if existing.service != service:
+                if existing.service == service:
+                    self._unconfirmed.discard(app_id)
+                    return existing  # an app that restarted and registers again keeps its port
+                if app_id not in self._unconfirmed:
                     raise AppConflict(
                         f"app {app_id!r} is registered for service {existing.service!r}; "
                         "deregister it first"
                     )
-                return existing  # an app that restarted and registers again keeps its port
+                # Restored from the last run, and the app now says otherwise: its word wins.
+                # Closed under the lock: rare, and the new listener must not race the old.
+                await self._close(await self._forget(app_id))
             if self._closed:
                 raise RegistryClosed("the node agent is draining")
-            if len(self._apps) >= self._max_apps:
-                raise TooManyApps(f"this node agent serves at most {self._max_apps} apps")
-            group = await self._group(service)
-            # A proxy of its own even when the service's config is shared: its breakers then
-            # count only this app's calls, so one app's failing upstream never trips another's.
-            proxy = OutboundProxy(self._session, metrics=self._metrics, name=app_id)
-            app = LocalApp(app_id, service, proxy, self._runner(proxy))
-            if group.config is not None:
-                proxy.apply(group.config)
-                app.config_version = group.version
-            try:
-                # Loopback only: the listener acts with the app's identity, so only processes
-                # on this host may use it.
-                app.port = await app.runner.start("127.0.0.1", 0)
-            except BaseException:
-                proxy.close()
-                await app.runner.cleanup()
-                self._forget_group_if_empty(service)
-                raise
-            group.apps[app_id] = app
-            self._apps[app_id] = app
-            # A config may have reached the group while the listener was starting; fan-out
-            # skipped this app then, because it was not in group.apps yet.
-            if group.config is not None and group.version != app.config_version:
-                proxy.apply(group.config)
-                app.config_version = group.version
-            self._on_services_changed(self.services)
-            log.info("registered %s for %s on %s", app_id, service, app.address)
-            return app
+            return await self._add(app_id, service, port=0)
+
+    async def _add(self, app_id: str, service: str, *, port: int) -> LocalApp:
+        """Serve `app_id` on a new listener (on `port`, 0: any free one); the lock is held."""
+        if len(self._apps) >= self._max_apps:
+            raise TooManyApps(f"this node agent serves at most {self._max_apps} apps")
+        group = await self._group(service)
+        # A proxy of its own even when the service's config is shared: its breakers then
+        # count only this app's calls, so one app's failing upstream never trips another's.
+        proxy = OutboundProxy(self._session, metrics=self._metrics, name=app_id)
+        app = LocalApp(app_id, service, proxy, self._runner(proxy))
+        if group.config is not None:
+            proxy.apply(group.config)
+            app.config_version = group.version
+        try:
+            # Loopback only: the listener acts with the app's identity, so only processes
+            # on this host may use it.
+            app.port = await app.runner.start("127.0.0.1", port)
+        except BaseException:
+            proxy.close()
+            await app.runner.cleanup()
+            self._forget_group_if_empty(service)
+            raise
+        group.apps[app_id] = app
+        self._apps[app_id] = app
+        # A config may have reached the group while the listener was starting; fan-out
+        # skipped this app then, because it was not in group.apps yet.
+        if group.config is not None and group.version != app.config_version:
+            proxy.apply(group.config)
+            app.config_version = group.version
+        self._on_services_changed(self.services)
+        if self._registrations is not None:
+            await asyncio.to_thread(self._registrations.save,
+                                    Registration(app_id, service, app.port))
+        log.info("registered %s for %s on %s", app_id, service, app.address)
+        return app
     # --8<-- [end:register]
 
     async def deregister(self, app_id: str) -> None:
         """Close `app_id`'s listener, letting its requests in flight finish first."""
         async with self._lock:
-            app = self._apps.pop(app_id, None)
-            if app is None:
-                raise UnknownApp(f"no app {app_id!r} is registered")
-            self._groups[app.service].apps.pop(app_id, None)
-            self._forget_group_if_empty(app.service)
-            self._on_services_changed(self.services)
+            app = await self._forget(app_id)
+        # Outside the lock, so other apps can register while this one's requests finish.
+        await self._close(app)
+
+    async def _forget(self, app_id: str) -> LocalApp:
+        """Take `app_id` out of every structure and the record; the lock is held."""
+        app = self._apps.pop(app_id, None)
+        if app is None:
+            raise UnknownApp(f"no app {app_id!r} is registered")
+        self._unconfirmed.discard(app_id)
+        self._groups[app.service].apps.pop(app_id, None)
+        self._forget_group_if_empty(app.service)
+        self._on_services_changed(self.services)
+        if self._registrations is not None:
+            await asyncio.to_thread(self._registrations.remove, app_id)
+        return app
+
+    @staticmethod
+    async def _close(app: LocalApp) -> None:
         app.proxy.close()
         # cleanup() stops accepting at once, then waits up to the runner's shutdown_timeout
-        # for the requests in flight; outside the lock so other apps can register meanwhile.
+        # for the requests in flight.
         await app.runner.cleanup()
-        log.info("deregistered %s", app_id)
+        log.info("deregistered %s", app.app_id)
+
+    # --8<-- [start:restore]
+    async def restore(self, *, grace: float = RESTORED_GRACE) -> list[LocalApp]:
+        """Serve the apps the last run recorded, each on its old port, before any registers again.
+
+        An app keeps calling the port it was given, so a restarted agent that listens there at
+        once spares it the failed calls until its next refresh. An app that has not registered
+        again within `grace` seconds is taken for gone and deregistered. One whose port is
+        taken now is dropped; it gets a new port when it registers.
+        """
+        if self._registrations is None:
+            return []
+        saved = await asyncio.to_thread(self._registrations.load)
+        restored = []
+        async with self._lock:
+            for registration in saved:
+                if registration.app_id in self._apps:
+                    continue
+                try:
+                    _check_app_id(registration.app_id)
+                    check_service_name(registration.service)
+                    app = await self._add(registration.app_id, registration.service,
+                                          port=registration.port)
+                except (OSError, ValueError, TooManyApps) as error:
+                    log.warning("not restoring %s on port %d: %s", registration.app_id,
+                                registration.port, error)
+                    await asyncio.to_thread(self._registrations.remove, registration.app_id)
+                    continue
+                self._unconfirmed.add(app.app_id)
+                restored.append(app)
+        if restored:
+            self._expiry = asyncio.get_running_loop().create_task(self._expire(grace))
+        return restored
+
+    async def _expire(self, grace: float) -> None:
+        await asyncio.sleep(grace)
+        for app_id in sorted(self._unconfirmed):
+            log.warning("%s has not registered again %g s after the restart; deregistering",
+                        app_id, grace)
+            try:
+                await self.deregister(app_id)
+            except UnknownApp:
+                pass  # deregistered by its own request meanwhile
+    # --8<-- [end:restore]
 
     def _runner(self, proxy: OutboundProxy) -> ProxyListener:
         # Every path and method goes to the proxy: the Host header picks the destination.
