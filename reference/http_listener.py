@@ -312,13 +312,15 @@ class _Connection(BaseProtocol):
     # ----- serving -------------------------------------------------------------------------------
 
     def _reject(self, status: int, reason: str) -> None:
-        """Answer a request that could not be parsed, then close: the stream is out of sync."""
-        self._parser = None
-        self._closing = True
+        """Answer bytes that could not be parsed, after the requests before them; then close."""
+        self._parser = None  # the stream is out of sync: nothing after this is a request
         if not self.busy and self.transport is not None:
+            self._closing = True
             self.transport.write(_plain_bytes(status, reason))
             self.transport.close()
         else:
+            # Its turn comes after the requests before it, which are still answered; serving
+            # it (_serve_special) closes the connection.
             self._queue.append((_Rejected(status, reason), EMPTY_PAYLOAD))
 
     async def _serve(self, first: ProxyRequest | None = None,

@@ -530,3 +530,59 @@ async def test_a_drain_aware_fast_handler_takes_nothing_once_the_drain_started(l
     assert (await exchange(port, b"GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             ).endswith(b"handler GET /after")
     assert taken == ["/before"] and calls == ["/after"]
+
+
+async def test_unparsable_bytes_behind_a_request_in_flight_get_their_400_after_its_answer(listen):
+    release = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def slow(request: ProxyRequest) -> web.StreamResponse:
+        entered.set()
+        await release.wait()
+        return web.Response(text=f"slow {request.raw_path}")
+
+    _, port = await listen(slow)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.wait_for(entered.wait(), 3)
+        writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+        await asyncio.sleep(0.05)  # parsed, and rejected, while /first is still being served
+        release.set()
+        async with asyncio.timeout(3):
+            data = await reader.read()
+    finally:
+        writer.close()
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert data.index(b"slow /first") < data.index(b"HTTP/1.1 400 ")
+    assert data.count(b"Connection: close") == 1  # the 400's, which ends the connection
+
+
+async def test_requests_pipelined_before_unparsable_bytes_are_all_answered_first(listen):
+    taken: list[str] = []
+    pending: list[ProxyRequest] = []
+
+    def hold_first(request: ProxyRequest) -> bool:
+        if not pending:
+            pending.append(request)
+            return True
+        return answer_now(taken)(request)
+
+    calls: list[str] = []
+    _, port = await listen(recorder(calls), fast=hold_first)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.sleep(0.05)
+        writer.write(b"GET /second HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.sleep(0.05)
+        # Apart, in a read of their own: the parser drops a read's requests if it fails on it.
+        writer.write(b"\x00\x01 garbage\r\n\r\n")
+        await asyncio.sleep(0.05)
+        pending[0].respond(200, "OK", b"", b"fast /first")
+        async with asyncio.timeout(3):
+            data = await reader.read()
+    finally:
+        writer.close()
+    assert len(pending) == 1
+    assert data.index(b"fast /first") < data.index(b"/second") < data.index(b"HTTP/1.1 400 ")
