@@ -724,16 +724,17 @@ class OutboundProxy:
         if (status in RETRY_STATUSES and settings.retries
                 and request.method in IDEMPOTENT_METHODS):
             return False  # to be retried: _exchange decides, with its backoff and deadline
+        # The fields first: once the body is read, the slow lane could no longer relay it.
+        fields = raw_end_to_end(response.headers, response.raw_headers, _RESPONSE_DROPPED_RAW,
+                                response.version)
+        if fields is None:
+            return False
         if request.method == "HEAD" or content is EMPTY_PAYLOAD:
             body = b""
         elif content.is_eof() and content.exception() is None:
             body = content.read_nowait()
         else:
             return False  # the body is still on its way, or large: relay() streams it
-        fields = raw_end_to_end(response.headers, response.raw_headers, _RESPONSE_DROPPED_RAW,
-                                response.version)
-        if fields is None:
-            return False
         # The client first, the bookkeeping after: the client reads its answer meanwhile.
         try:
             request.respond(status, response.reason, fields, body)
