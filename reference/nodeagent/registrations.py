@@ -53,14 +53,14 @@ class RegistrationStore:
 
     def load(self) -> list[Registration]:
         """Every recorded registration; an unreadable or damaged file reads as none."""
-        if not self.path.exists():
-            return []
         try:
+            if not self.path.exists():
+                return []
             with self._connect() as db:
                 rows = db.execute(
                     "SELECT app_id, service, port FROM registrations ORDER BY app_id"
                 ).fetchall()
-        except sqlite3.Error as error:
+        except (sqlite3.Error, OSError) as error:
             # The apps register again on their own; a bad file must not stop the agent. A
             # damaged one is moved aside (kept for a look) so that new registrations are kept.
             log.warning("ignoring app registrations in %s: %s", self.path, error)

@@ -142,3 +142,11 @@ async def test_an_agent_without_a_cache_folder_restores_nothing_and_records_noth
     async with NodeAgent(settings_for(tmp_path, cache_dir=None)) as second:
         assert second.registry.apps() == []
     assert not (tmp_path / "cache").exists()
+
+
+async def test_a_cache_folder_that_cannot_be_made_does_not_stop_start_or_registration(tmp_path: Path):
+    (tmp_path / "cache").write_text("a file where the folder should be")
+
+    async with NodeAgent(settings_for(tmp_path)) as agent:
+        app = await agent.registry.register("productpage-1", "productpage")
+        assert agent.registry.apps() == [app]
