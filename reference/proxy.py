@@ -689,31 +689,30 @@ class OutboundProxy:
         host, port = upstream.next_address()
         method = request.method
 
-        def on_response(result: UpstreamResponse | UpstreamError | None) -> None:
-            if result is None:
-                # The keep-alive race: nothing came back, so send once more on a new connection.
-                first = self._pool.request(host, port, method, path,
-                                           request_headers(request, forwarded_for=False),
-                                           timeout=settings.first_timeout)
-            elif isinstance(result, UpstreamResponse) and self._finish_nowait(
-                    request, settings, upstream, permit, result, started):
-                return
-            else:
-                first = _outcome(result)
+        def go_on(first: Awaitable[UpstreamResponse]) -> None:
+            """Hand the request, with the try begun for it, to the slow lane."""
             request.continue_with(
                 self._exchange(request, path, upstream, settings, started, (permit, first)))
 
+        def on_new_connection() -> Awaitable[UpstreamResponse]:
+            return self._pool.request(host, port, method, path,
+                                      request_headers(request, forwarded_for=False),
+                                      timeout=settings.first_timeout)
+
+        def on_response(result: UpstreamResponse | UpstreamError | None) -> None:
+            if result is None:
+                # The keep-alive race: nothing came back, so send once more on a new connection.
+                go_on(on_new_connection())
+            elif not (isinstance(result, UpstreamResponse) and self._finish_nowait(
+                    request, settings, upstream, permit, result, started)):
+                go_on(_outcome(result))
+
         head = b"".join((method.encode(), b" ", path.encode("utf-8", "surrogateescape"),
                          b" HTTP/1.1\r\n", fields, b"\r\n"))
-        if self._pool.send_nowait(host, port, method, head, on_response,
-                                  timeout=settings.first_timeout):
-            return True
-        # No idle connection: connecting takes awaiting, so the try goes on in a task.
-        first = self._pool.request(host, port, method, path,
-                                   request_headers(request, forwarded_for=False),
-                                   timeout=settings.first_timeout)
-        request.continue_with(
-            self._exchange(request, path, upstream, settings, started, (permit, first)))
+        if not self._pool.send_nowait(host, port, method, head, on_response,
+                                      timeout=settings.first_timeout):
+            # No idle connection: connecting takes awaiting, so the try goes on in a task.
+            go_on(on_new_connection())
         return True
 
     def _finish_nowait(self, request: ProxyRequest, settings: _Settings, upstream: Upstream,

@@ -92,9 +92,16 @@ class _ServiceGroup:
     unsubscribe: Callable[[], None] = lambda: None
 
 
-def _check_app_id(app_id: str) -> None:
+def _check(app_id: str, service: str) -> None:
+    """Raise InvalidApp unless both names are acceptable."""
     if not 0 < len(app_id) <= MAX_APP_ID_LENGTH or not app_id.isprintable():
         raise InvalidApp(f"app_id must be 1-{MAX_APP_ID_LENGTH} printable characters")
+    try:
+        check_service_name(service)
+    except ValueError as error:
+        # Checked here with the control plane's own rule: one bad name in the shared
+        # Watch request would make the control plane refuse the stream for every app.
+        raise InvalidApp(str(error)) from None
 
 
 class AppRegistry:
@@ -150,13 +157,7 @@ class AppRegistry:
     # --8<-- [start:register]
     async def register(self, app_id: str, service: str) -> LocalApp:
         """Give `app_id` its own proxy and listener for `service`; idempotent for the same pair."""
-        _check_app_id(app_id)
-        try:
-            check_service_name(service)
-        except ValueError as error:
-            # Checked here with the control plane's own rule: one bad name in the shared
-            # Watch request would make the control plane refuse the stream for every app.
-            raise InvalidApp(str(error)) from None
+        _check(app_id, service)
         async with self._lock:
             existing = self._apps.get(app_id)
             if existing is not None:
@@ -257,8 +258,7 @@ class AppRegistry:
                 if registration.app_id in self._apps:
                     continue
                 try:
-                    _check_app_id(registration.app_id)
-                    check_service_name(registration.service)
+                    _check(registration.app_id, registration.service)
                     app = await self._add(registration.app_id, registration.service,
                                           port=registration.port)
                 except (OSError, ValueError, TooManyApps) as error:

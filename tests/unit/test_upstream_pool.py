@@ -596,26 +596,10 @@ async def test_send_nowait_reports_a_get_broken_off_mid_answer_as_an_error_not_t
     assert isinstance(error, UpstreamDisconnected) and error.received
 
 
-def answer_once_then_hold() -> Handler:
-    """Answer the first request; read the second and hold it unanswered until the client leaves."""
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await read_head(reader)
-            writer.write(OK)
-            await read_head(reader)
-            await reader.read()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    return handler
-
-
 @pytest.mark.parametrize("method", ["GET", "POST"])
 async def test_send_nowait_times_out_a_slow_upstream(pool, raw_upstream, method):
-    port = await raw_upstream(answer_once_then_hold())
+    # Answers the first request; reads the second and holds it until the client leaves.
+    port = await raw_upstream(answering(OK))
     assert await get(pool, port) == (200, b"ok")
     results = Results()
     loop = asyncio.get_running_loop()
