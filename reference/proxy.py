@@ -689,31 +689,37 @@ class OutboundProxy:
         host, port = upstream.next_address()
         method = request.method
 
-        def go_on(first: Awaitable[UpstreamResponse]) -> None:
-            """Hand the request, with the try begun for it, to the slow lane."""
-            request.continue_with(
-                self._exchange(request, path, upstream, settings, started, (permit, first)))
-
-        def on_new_connection() -> Awaitable[UpstreamResponse]:
-            return self._pool.request(host, port, method, path,
-                                      request_headers(request, forwarded_for=False),
-                                      timeout=settings.first_timeout)
-
         def on_response(result: UpstreamResponse | UpstreamError | None) -> None:
             if result is None:
                 # The keep-alive race: nothing came back, so send once more on a new connection.
-                go_on(on_new_connection())
+                self._hand_over(request, path, upstream, settings, started, permit,
+                                self._new_connection_try(request, path, host, port, settings))
             elif not (isinstance(result, UpstreamResponse) and self._finish_nowait(
                     request, settings, upstream, permit, result, started)):
-                go_on(_outcome(result))
+                self._hand_over(request, path, upstream, settings, started, permit,
+                                _outcome(result))
 
         head = b"".join((method.encode(), b" ", path.encode("utf-8", "surrogateescape"),
                          b" HTTP/1.1\r\n", fields, b"\r\n"))
         if not self._pool.send_nowait(host, port, method, head, on_response,
                                       timeout=settings.first_timeout):
             # No idle connection: connecting takes awaiting, so the try goes on in a task.
-            go_on(on_new_connection())
+            self._hand_over(request, path, upstream, settings, started, permit,
+                            self._new_connection_try(request, path, host, port, settings))
         return True
+
+    def _new_connection_try(self, request: ProxyRequest, path: str, host: str, port: int,
+                            settings: _Settings) -> Awaitable[UpstreamResponse]:
+        return self._pool.request(host, port, request.method, path,
+                                  request_headers(request, forwarded_for=False),
+                                  timeout=settings.first_timeout)
+
+    def _hand_over(self, request: ProxyRequest, path: str, upstream: Upstream,
+                   settings: _Settings, started: float, permit: Permit,
+                   first: Awaitable[UpstreamResponse]) -> None:
+        """Give the request, with the try begun for it, to the slow lane."""
+        request.continue_with(
+            self._exchange(request, path, upstream, settings, started, (permit, first)))
 
     def _finish_nowait(self, request: ProxyRequest, settings: _Settings, upstream: Upstream,
                        permit: Permit, response: UpstreamResponse, started: float) -> bool:
